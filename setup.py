@@ -1,0 +1,48 @@
+"""Packaging for triune-trl.
+
+Versions are the ones this project tests. transformers stays below 5.18 because vLLM 0.31 (the newest vLLM that
+TRL 1.16 supports) requires that range: GPU users get it, so CPU tests run on it too. torch is deliberately not
+pinned: users on GPUs keep the CUDA build they already have.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+install_requires = [
+    "trl>=1.16.0,<1.17",
+    "transformers>=5.10.4,<5.18",
+    "accelerate>=1.15.0",
+    "datasets>=5.2.0",
+    "peft>=0.21.2",
+    "math-verify>=0.9.0",
+    "qwen-vl-utils>=0.0.14",
+    "pillow>=10.0",
+    "pyarrow>=15.0",
+    "numpy>=1.26",
+    "PyYAML>=6.0",
+    "tqdm>=4.66",
+]
+
+extras_require = {
+    "gpu": ["deepspeed>=0.19.8", "vllm>=0.22,<=0.31", "flash-attn"],
+    "tracking": ["wandb"],
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "pycocotools>=2.0.8", "ruff>=0.6", "matplotlib>=3.8"],
+}
+
+setup(
+    name="triune-trl",
+    version="0.1.0",
+    description="V-Triune (one RL run over visual reasoning and perception tasks) on TRL's GRPOTrainer",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    install_requires=install_requires,
+    extras_require=extras_require,
+    entry_points={"console_scripts": ["triune=triune_trl.cli:main"]},
+)

@@ -1,0 +1,587 @@
+"""Deterministic sample set in the Orsta-Data-47k parquet layout.
+
+The real Orsta-Data-47k is 47.7K rows of licensed images; tests, the CPU recipe and first-time users need something
+that has the same files, the same columns and the same reward specs, is a few hundred kilobytes, and is made
+offline. `make_sample_dataset` draws every task of V-Triune (math, puzzle, science, chart, detection, grounding,
+counting, OCR) plus a learnable demo task with PIL, from one seed, so that the same seed gives byte-identical files.
+
+What is copied from the real data (see `reference/vtriune.md` section 1) and why:
+
+- File names `{split}_{task}_{source}_{num}.parquet` under `train/` and `test/`; `num` is the file's row count.
+  Source names carry no underscore so that the name splits without ambiguity.
+- Columns and types: `ORSTA_FEATURES`. Rows of every verifier share one schema, the detection-only fields of
+  `verifier_parm` are null on the other rows, as in the released files.
+- mathverify rows store the question only. The release's loader (`verl/utils/dataset/rl_dataset.py`) appends a
+  random "think step by step ... put the answer in \\boxed{}" instruction to every mathverify prompt at load time,
+  so a stored instruction would be said twice. Detection and grounding rows carry their own instruction (output
+  format, `<think>`/`<answer>` tags), because the loader adds nothing to them.
+- Ground truth: `\\boxed{...}` for mathverify; for detection
+  `<answer>\\n[{'bbox_2d': [x1, y1, x2, y2], 'label': 'red circle'}, ...]\\n</answer>` (the Python repr of the box
+  list, Qwen2.5-VL style) with ints normalised to 0-1000 by `int(x / width * 1000)`, the same rule the detection
+  verifier applies to predictions, so a pixel-perfect prediction scores exactly 1.
+- Detection reward spec: accuracy 1.0, format 0.1, `det_verifier_normalized` true, ratios label-first 1.0,
+  iou-first 0, completeness 0.3, every mAP 0: the values of the real `v3det_train` rows.
+
+Pixels are drawn without anti-aliasing (except the text of the OCR and chart images), so every detection box is the
+exact bounding box of its shape's pixels, and images are PNG (lossless) with fixed encoder settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, Features, List, Value
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "DETECTION_VERIFIER_PARM",
+    "ORSTA_FEATURES",
+    "SAMPLE_SOURCES",
+    "SAMPLE_TASKS",
+    "SHAPE_COLOURS",
+    "SHAPES",
+    "SampleSource",
+    "make_sample_dataset",
+]
+
+# The brief of this project fixes float64. The Hub card of Orsta-Data-47k declares accuracy_ratio and
+# format_ratio as float32 in its merged "default" config; change this one constant to follow it.
+RATIO_DTYPE = "float64"
+
+DET_REWARD_RATIO_KEYS = ("iou_max_label_first", "iou_max_iou_first", "iou_completeness", "map", "map50", "map75")
+
+ORSTA_FEATURES = Features(
+    {
+        "data_source": Value("string"),
+        "images": List(datasets.Image()),
+        "prompt": List({"content": Value("string"), "role": Value("string")}),
+        "ability": Value("string"),
+        "reward_model": {
+            "answer": Value("string"),
+            "ground_truth": Value("string"),
+            "accuracy_ratio": Value(RATIO_DTYPE),
+            "format_ratio": Value(RATIO_DTYPE),
+            "verifier": Value("string"),
+            "verifier_parm": {
+                "det_verifier_normalized": Value("bool"),
+                "det_reward_ratio": {key: Value(RATIO_DTYPE) for key in DET_REWARD_RATIO_KEYS},
+            },
+        },
+        "extra_info": {"id": Value("string"), "image_path": Value("string")},
+    }
+)
+
+DETECTION_VERIFIER_PARM: dict[str, Any] = {
+    "det_verifier_normalized": True,
+    "det_reward_ratio": {
+        "iou_max_label_first": 1.0,
+        "iou_max_iou_first": 0.0,
+        "iou_completeness": 0.3,
+        "map": 0.0,
+        "map50": 0.0,
+        "map75": 0.0,
+    },
+}
+_NO_VERIFIER_PARM: dict[str, Any] = {"det_verifier_normalized": None, "det_reward_ratio": None}
+
+SHAPES = ("circle", "square", "triangle")
+SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 70),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (240, 130, 30),
+}
+_BACKGROUNDS = ((255, 255, 255), (246, 246, 240), (238, 242, 248), (248, 242, 236))
+_MIN_SIDE, _MAX_SIDE = 112, 320
+_OBJECT_GAP = 6  # free pixels kept around every shape, so no shape touches another one's box
+_OCR_WORDS = tuple("apple river stone cloud tiger piano lemon house light table music ocean paper robot smile".split())
+_CHART_LABELS = ("apples", "pears", "plums", "grapes", "melons", "figs")
+_DETECTION_INSTRUCTION = (
+    "First think about the question inside <think> </think> tags, then give the final JSON list inside "
+    "<answer> </answer> tags, for example:\n<think>\nreasoning process here\n</think>\n<answer>\n"
+    '[{"bbox_2d": [x1, y1, x2, y2], "label": "object name"}]\n</answer>'
+)
+_TAG = "<ok>"
+_TAG_PROMPTS = (
+    f"Reply with the tag {_TAG}.",
+    f"Answer with exactly {_TAG}.",
+    f"Respond only with {_TAG}.",
+)
+_PNG_SETTINGS = {"format": "PNG", "optimize": False, "compress_level": 6}
+
+Box = tuple[int, int, int, int]  # pixel box: left, top, right, bottom; right and bottom are one past the last pixel
+
+
+@dataclass(frozen=True)
+class Example:
+    """One generated question, before it becomes an Orsta row: only what differs from row to row."""
+
+    images: tuple[Image.Image, ...]
+    question: str  # the user turn; one `<image>` per image, in order
+    answer: str  # the raw answer
+    ground_truth: str  # the formatted gold the verifier parses
+
+
+@dataclass(frozen=True)
+class DrawnObject:
+    """A shape as drawn: its label ("red circle") and the exact bounding box of its pixels."""
+
+    colour: str
+    shape: str
+    box: Box
+
+    @property
+    def label(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """One file pair of the sample set: where its rows go, how they are scored and how they are drawn."""
+
+    task: str
+    source: str
+    data_source: str
+    ability: str
+    verifier: str
+    accuracy_ratio: float
+    format_ratio: float
+    images_per_row: int
+    build: Callable[[random.Random], Example]
+
+    def file_name(self, split: str, rows: int) -> str:
+        """The Orsta file name, so that readers and data configs treat the sample like the real set."""
+        return f"{split}_{self.task}_{self.source}_{rows}.parquet"
+
+
+# ---------------------------------------------------------------------------------------------------- drawing
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled font: no system font lookup, so the pixels depend on the Pillow version only."""
+    return ImageFont.load_default(size=size)
+
+
+def _canvas(rng: random.Random, min_side: int = _MIN_SIDE, max_side: int = _MAX_SIDE) -> Image.Image:
+    """A blank RGB image of random size and light background: varied aspect ratios exercise image resizing."""
+    width, height = rng.randint(min_side, max_side), rng.randint(min_side, max_side)
+    return Image.new("RGB", (width, height), rng.choice(_BACKGROUNDS))
+
+
+def _boxes_apart(a: Box, b: Box, gap: int) -> bool:
+    """Whether two boxes are at least `gap` pixels apart, so their shapes never overlap or touch."""
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _place_boxes(rng: random.Random, size: tuple[int, int], count: int, extent: tuple[int, int]) -> list[Box]:
+    """Up to `count` square slots inside the image, pairwise apart; fewer when the image is too small."""
+    width, height = size
+    boxes: list[Box] = []
+    for _ in range(count * 40):
+        if len(boxes) == count:
+            break
+        side = rng.randint(*extent)
+        left, top = rng.randint(2, width - side - 2), rng.randint(2, height - side - 2)
+        box = (left, top, left + side, top + side)
+        if all(_boxes_apart(box, other, _OBJECT_GAP) for other in boxes):
+            boxes.append(box)
+    return boxes
+
+
+def _shape_mask(size: tuple[int, int], shape: str, slot: Box) -> Image.Image:
+    """A 1-bit mask of the shape inscribed in `slot`, drawn without anti-aliasing."""
+    mask = Image.new("1", size, 0)
+    draw = ImageDraw.Draw(mask)
+    left, top, right, bottom = slot[0], slot[1], slot[2] - 1, slot[3] - 1
+    if shape == "circle":
+        draw.ellipse((left, top, right, bottom), fill=1)
+    elif shape == "square":
+        draw.rectangle((left, top, right, bottom), fill=1)
+    elif shape == "triangle":
+        draw.polygon([(left, bottom), (right, bottom), ((left + right) / 2, top)], fill=1)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    return mask
+
+
+def _draw_object(image: Image.Image, colour: str, shape: str, slot: Box) -> DrawnObject:
+    """Paint one shape and return it with the bounding box of the pixels actually painted (the detection gold)."""
+    mask = _shape_mask(image.size, shape, slot)
+    image.paste(SHAPE_COLOURS[colour], mask=mask)
+    box = mask.getbbox()
+    if box is None:
+        raise RuntimeError(f"shape {shape} in slot {slot} painted no pixel")
+    return DrawnObject(colour, shape, box)
+
+
+def _draw_objects(
+    rng: random.Random, image: Image.Image, labels: Sequence[tuple[str, str]], extent: tuple[int, int]
+) -> list[DrawnObject]:
+    """Paint the (colour, shape) labels at random, non-overlapping places; as many as fit."""
+    slots = _place_boxes(rng, image.size, len(labels), extent)  # may be fewer than the labels: extra ones are dropped
+    return [_draw_object(image, colour, shape, slot) for (colour, shape), slot in zip(labels, slots, strict=False)]
+
+
+def _random_labels(rng: random.Random, count: int, palette: int | None = None) -> list[tuple[str, str]]:
+    """`count` random (colour, shape) labels; a small `palette` makes repeated labels likely, as in real scenes."""
+    categories = [(colour, shape) for colour in SHAPE_COLOURS for shape in SHAPES]
+    if palette is not None:
+        categories = rng.sample(categories, palette)
+    return [rng.choice(categories) for _ in range(count)]
+
+
+def _draw_text(image: Image.Image, xy: tuple[float, float], text: str, size: int, fill: tuple[int, int, int]) -> None:
+    """Write text with the bundled font; `xy` is the top-left corner of the text's ink."""
+    font = _font(size)
+    left, top, _, _ = font.getbbox(text)
+    ImageDraw.Draw(image).text((xy[0] - left, xy[1] - top), text, font=font, fill=fill)
+
+
+def _text_size(text: str, size: int) -> tuple[int, int]:
+    """Width and height of the text's ink, to place it inside the image."""
+    left, top, right, bottom = _font(size).getbbox(text)
+    return int(right - left), int(bottom - top)
+
+
+def _encode_png(image: Image.Image) -> bytes:
+    """PNG bytes with fixed encoder settings and no metadata chunks, so equal pixels give equal bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, **_PNG_SETTINGS)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- ground truth
+
+
+def _boxed(value: object) -> str:
+    """The mathverify gold form of an answer."""
+    return f"\\boxed{{{value}}}"
+
+
+def _normalize_box(box: Box, size: tuple[int, int]) -> list[int]:
+    """Pixel box to 0-1000 ints with the rule the detection verifier applies to predictions."""
+    width, height = size
+    x1, y1, x2, y2 = box
+    return [int(x1 / width * 1000), int(y1 / height * 1000), int(x2 / width * 1000), int(y2 / height * 1000)]
+
+
+def _box_list(objects: Sequence[DrawnObject], size: tuple[int, int], labels: Sequence[str] | None = None) -> str:
+    """The Qwen2.5-VL box list as the real rows print it: the Python repr of a list of dicts."""
+    names = labels if labels is not None else [obj.label for obj in objects]
+    pairs = zip(objects, names, strict=True)
+    return repr([{"bbox_2d": _normalize_box(obj.box, size), "label": name} for obj, name in pairs])
+
+
+def _answer_block(box_list: str) -> str:
+    """Detection gold: the box list inside the answer tags, one newline either side, as in the real data."""
+    return f"<answer>\n{box_list}\n</answer>"
+
+
+def _reading_order(objects: Sequence[DrawnObject]) -> list[DrawnObject]:
+    """Objects top to bottom, then left to right: a stable, human-like order for gold lists."""
+    return sorted(objects, key=lambda obj: (obj.box[1], obj.box[0]))
+
+
+# --------------------------------------------------------------------------------------------------- examples
+
+
+def _math_image_example(rng: random.Random) -> Example:
+    """mm_math-like: an arithmetic expression rendered in the image, the question only asks for its value."""
+    terms = [rng.randint(1, 20) for _ in range(rng.choice((2, 2, 3)))]
+    ops = [rng.choice("+-") for _ in terms[1:]]
+    value = terms[0]
+    expression = str(terms[0])
+    for op, term in zip(ops, terms[1:], strict=True):
+        value = value + term if op == "+" else value - term
+        expression += f" {op} {term}"
+    text = f"{expression} = ?"
+    size = rng.randint(22, 30)
+    text_w, text_h = _text_size(text, size)
+    image = _canvas(rng, min_side=max(_MIN_SIDE, text_w + 16))
+    corner = (rng.randint(4, image.width - text_w - 4), rng.randint(4, image.height - text_h - 4))
+    _draw_text(image, corner, text, size, (20, 20, 20))
+    question = "<image>\nWhat is the value of the expression shown in the image?"
+    return Example((image,), question, str(value), _boxed(value))
+
+
+def _math_text_example(rng: random.Random) -> Example:
+    """Text-only arithmetic: puts image-free rows into the mix so mixed text/image batches happen."""
+    a, b = rng.randint(2, 60), rng.randint(2, 60)
+    if rng.random() < 0.5:
+        question, value = f"What is {a} + {b}?", a + b
+    else:
+        question, value = f"What is {a} times {b % 12 + 1}?", a * (b % 12 + 1)
+    return Example((), question, str(value), _boxed(value))
+
+
+def _panel(rng: random.Random, count: int) -> tuple[Image.Image, int]:
+    """A puzzle panel with up to `count` shapes of one colour; returns the image and the number drawn."""
+    image = _canvas(rng, max_side=200)
+    colour = rng.choice(list(SHAPE_COLOURS))
+    objects = _draw_objects(rng, image, [(colour, rng.choice(SHAPES)) for _ in range(count)], (14, 26))
+    return image, len(objects)
+
+
+def _puzzle_example(rng: random.Random) -> Example:
+    """PuzzleVQA-like with two images: compare or add the shape counts of two panels."""
+    panel_a, count_a = _panel(rng, rng.randint(1, 7))
+    panel_b, count_b = _panel(rng, rng.randint(1, 7))
+    intro = "Panel A: <image>\nPanel B: <image>\n"
+    if count_a != count_b and rng.random() < 0.5:
+        answer = "A" if count_a > count_b else "B"
+        question = intro + "Which panel contains more shapes? Answer with A or B."
+    else:
+        answer = str(count_a + count_b)
+        question = intro + "How many shapes are there in the two panels altogether?"
+    return Example((panel_a, panel_b), question, answer, _boxed(answer))
+
+
+def _choices(options: Sequence[str]) -> str:
+    """Lettered options, one a line, as multiple-choice science questions print them."""
+    return "\n".join(f"{chr(ord('A') + i)}. {option}" for i, option in enumerate(options))
+
+
+def _science_example(rng: random.Random) -> Example:
+    """ScienceQA-like multiple choice about a diagram; the gold is the option letter."""
+    image = _canvas(rng)
+    if rng.random() < 0.5:
+        shape = rng.choice(SHAPES)
+        colours = rng.sample(list(SHAPE_COLOURS), rng.randint(2, 4))
+        _draw_objects(rng, image, [(colour, shape) for colour in colours], (20, 40))
+        options = rng.sample(SHAPES, len(SHAPES))
+        stem = "Which shape do all of the objects in the diagram have?"
+        correct = shape
+    else:
+        colour = rng.choice(list(SHAPE_COLOURS))
+        _draw_objects(rng, image, [(colour, rng.choice(SHAPES))], (40, 80))
+        options = [colour, *rng.sample([c for c in SHAPE_COLOURS if c != colour], 3)]
+        rng.shuffle(options)
+        stem = "What is the colour of the object in the diagram?"
+        correct = colour
+    letter = chr(ord("A") + options.index(correct))
+    question = f"<image>\n{stem}\n{_choices(options)}\nAnswer with the option's letter from the given choices."
+    return Example((image,), question, letter, _boxed(letter))
+
+
+def _bar_chart(rng: random.Random, labels: Sequence[str], values: Sequence[int]) -> Image.Image:
+    """A bar chart with a base line, each bar's label below it and its value above it."""
+    bar_w, pitch = 26, 52
+    width, height = max(len(labels) * pitch + 20, rng.randint(220, _MAX_SIDE)), rng.randint(150, 240)
+    image = Image.new("RGB", (width, height), rng.choice(_BACKGROUNDS))
+    draw = ImageDraw.Draw(image)
+    base, top_room = height - 22, 22
+    scale = (base - top_room) / max(values)
+    colour = SHAPE_COLOURS[rng.choice(list(SHAPE_COLOURS))]
+    draw.line((6, base, width - 6, base), fill=(60, 60, 60), width=1)
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        centre = 10 + pitch // 2 + i * pitch + (width - 20 - len(labels) * pitch) // 2
+        bar_top = base - max(2, round(value * scale))
+        draw.rectangle((centre - bar_w // 2, bar_top, centre + bar_w // 2 - 1, base - 1), fill=colour)
+        for text, y in ((str(value), bar_top - 14), (label, base + 6)):
+            text_w, _ = _text_size(text, 11)
+            _draw_text(image, (centre - text_w / 2, y), text, 11, (30, 30, 30))
+    return image
+
+
+def _chart_example(rng: random.Random) -> Example:
+    """ChartQAPro-like: read one bar or find the maximum of a labelled bar chart; numeric gold."""
+    count = rng.randint(3, 5)
+    labels = rng.sample(_CHART_LABELS, count)
+    values = rng.sample(range(2, 40), count)
+    image = _bar_chart(rng, labels, values)
+    if rng.random() < 0.5:
+        target = rng.randrange(count)
+        stem, value = f"What is the value of the bar labelled {labels[target]}?", values[target]
+    else:
+        stem, value = "What is the largest value shown in the bar chart?", max(values)
+    return Example((image,), f"<image>\n{stem}", str(value), _boxed(value))
+
+
+def _detection_example(rng: random.Random) -> Example:
+    """V3Det-like: find every object of the listed categories; gold boxes are the drawn shapes' boxes."""
+    image = _canvas(rng)
+    objects = _reading_order(_draw_objects(rng, image, _random_labels(rng, rng.randint(1, 4), palette=3), (18, 48)))
+    categories = ", ".join(dict.fromkeys(obj.label for obj in objects))
+    question = (
+        f"<image>\nDetect all objects in the image that belong to these categories: {categories}. "
+        'Report each object as {"bbox_2d": [x1, y1, x2, y2], "label": "category name"} in pixel coordinates of '
+        f"the image, and list every object, even when several share a category. {_DETECTION_INSTRUCTION}"
+    )
+    box_list = _box_list(objects, image.size)
+    return Example((image,), question, box_list, _answer_block(box_list))
+
+
+def _relation(target: DrawnObject, twin: DrawnObject) -> str:
+    """Where the target is relative to its look-alike, along the axis on which they are further apart."""
+    tx, ty = (target.box[0] + target.box[2]) / 2, (target.box[1] + target.box[3]) / 2
+    ox, oy = (twin.box[0] + twin.box[2]) / 2, (twin.box[1] + twin.box[3]) / 2
+    if abs(tx - ox) >= abs(ty - oy):
+        return "on the left" if tx < ox else "on the right"
+    return "at the top" if ty < oy else "at the bottom"
+
+
+def _grounding_example(rng: random.Random) -> Example:
+    """D3-like: one referred object among a look-alike and distractors; a single gold box."""
+    image = _canvas(rng, min_side=140)
+    colour, shape = rng.choice(list(SHAPE_COLOURS)), rng.choice(SHAPES)
+    others = [label for label in _random_labels(rng, rng.randint(0, 2)) if label != (colour, shape)]
+    objects = _draw_objects(rng, image, [(colour, shape), (colour, shape), *others], (18, 40))
+    if len(objects) < 2:  # the canvas is at least 140 px, so two slots of at most 40 px always fit
+        raise RuntimeError("grounding image has no room for the look-alike pair")
+    target = objects[rng.randrange(2)]
+    twin = objects[1] if target is objects[0] else objects[0]
+    phrase = f"{target.label} {_relation(target, twin)}"
+    question = (
+        f"<image>\nLocate the {phrase} in the image. Report its bounding box in pixel coordinates of the image as "
+        f'{{"bbox_2d": [x1, y1, x2, y2], "label": "{phrase}"}}. {_DETECTION_INSTRUCTION}'
+    )
+    box_list = _box_list([target], image.size, labels=[phrase])
+    return Example((image,), question, box_list, _answer_block(box_list))
+
+
+def _counting_example(rng: random.Random) -> Example:
+    """CLEVR-like counting by shape, by colour or in total; integer gold."""
+    image = _canvas(rng)
+    objects = _draw_objects(rng, image, _random_labels(rng, rng.randint(3, 9), palette=4), (16, 30))
+    pick = rng.choice(objects)
+    kind = rng.choice(("shape", "colour", "total"))
+    if kind == "shape":
+        stem, count = f"How many {pick.shape}s are there in the image?", sum(o.shape == pick.shape for o in objects)
+    elif kind == "colour":
+        stem, count = f"How many {pick.colour} objects are there in the image?", sum(
+            o.colour == pick.colour for o in objects
+        )
+    else:
+        stem, count = "How many objects are there in the image?", len(objects)
+    return Example((image,), f"<image>\n{stem}", str(count), _boxed(count))
+
+
+def _ocr_example(rng: random.Random) -> Example:
+    """EST-VQA-like: read the word written in the image; the word is the gold, boxed as the release does."""
+    word = rng.choice(_OCR_WORDS)
+    size = rng.randint(24, 40)
+    text_w, text_h = _text_size(word, size)
+    image = _canvas(rng, min_side=max(_MIN_SIDE, text_w + 16))
+    ink = (rng.randint(0, 90), rng.randint(0, 90), rng.randint(0, 90))
+    corner = (rng.randint(4, image.width - text_w - 4), rng.randint(4, image.height - text_h - 4))
+    _draw_text(image, corner, word, size, ink)
+    return Example((image,), "<image>\nWhat word is written in the image?", word, _boxed(word))
+
+
+def _tag_example(rng: random.Random) -> Example:
+    """The learnable demo: answer with one short tag, so a random tiny model can reach reward 1 quickly."""
+    return Example((), rng.choice(_TAG_PROMPTS), _TAG, _TAG)
+
+
+SAMPLE_SOURCES: tuple[SampleSource, ...] = (
+    SampleSource("math", "mmmath", "mm_math", "math", "mathverify", 1.0, 0.0, 1, _math_image_example),
+    SampleSource("math", "textmath", "text_math", "math", "mathverify", 1.0, 0.0, 0, _math_text_example),
+    SampleSource("puzzle", "puzzlevqa", "puzzlevqa", "puzzle", "mathverify", 1.0, 0.0, 2, _puzzle_example),
+    # One mathverify source in "close form" (format_ratio > 0) so both CoT prompt pools and the format reward
+    # of mathverify are exercised by the sample set.
+    SampleSource("science", "scienceqa", "scienceqa", "science", "mathverify", 1.0, 0.1, 1, _science_example),
+    SampleSource("chart", "chartqapro", "chartqapro", "chart", "mathverify", 1.0, 0.0, 1, _chart_example),
+    SampleSource("detection", "v3det", "v3det_train", "cv_detection", "detection", 1.0, 0.1, 1, _detection_example),
+    SampleSource("grounding", "d3", "d3", "cv_grounding", "detection", 1.0, 0.1, 1, _grounding_example),
+    SampleSource("counting", "clevr", "clevr", "cv_counting", "mathverify", 1.0, 0.0, 1, _counting_example),
+    SampleSource("ocr", "estvqa", "estvqa", "cv_ocr", "mathverify", 1.0, 0.0, 1, _ocr_example),
+    SampleSource("format", "tagformat", "tag_format", "format", "tag", 1.0, 0.0, 0, _tag_example),
+)
+SAMPLE_TASKS: tuple[str, ...] = tuple(dict.fromkeys(source.task for source in SAMPLE_SOURCES))
+
+
+# -------------------------------------------------------------------------------------------------------- rows
+
+
+def _row(source: SampleSource, split: str, index: int, example: Example) -> dict[str, Any]:
+    """An Orsta row: the example plus the source's reward spec and metadata."""
+    if example.question.count("<image>") != len(example.images):
+        raise RuntimeError(f"{source.data_source}: placeholders and images disagree in {example.question!r}")
+    row_id = f"{source.source}_{split}_{index:05d}"
+    names = [f"{row_id}_{k}.png" for k in range(len(example.images))]
+    is_detection = source.verifier == "detection"
+    return {
+        "data_source": source.data_source,
+        "images": [{"bytes": _encode_png(img), "path": name} for img, name in zip(example.images, names, strict=True)],
+        "prompt": [{"content": example.question, "role": "user"}],
+        "ability": source.ability,
+        "reward_model": {
+            "answer": example.answer,
+            "ground_truth": example.ground_truth,
+            "accuracy_ratio": source.accuracy_ratio,
+            "format_ratio": source.format_ratio,
+            "verifier": source.verifier,
+            "verifier_parm": DETECTION_VERIFIER_PARM if is_detection else _NO_VERIFIER_PARM,
+        },
+        "extra_info": {"id": row_id, "image_path": ",".join(names)},
+    }
+
+
+def _file_rng(seed: int, split: str, source: SampleSource) -> random.Random:
+    """One random stream per file: a file's rows depend on the seed only, not on the other files or counts."""
+    return random.Random(f"triune-sample:{seed}:{split}:{source.data_source}")
+
+
+def _rows(source: SampleSource, split: str, count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` rows of one source and split."""
+    rng = _file_rng(seed, split, source)
+    return [_row(source, split, index, source.build(rng)) for index in range(count)]
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Silence the `datasets` progress bar of `to_parquet` for one call, leaving the user's setting as it was."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write rows with `datasets`, as the real files were written, under the fixed Orsta features."""
+    columns = {name: [row[name] for row in rows] for name in ORSTA_FEATURES}
+    dataset = Dataset.from_dict(columns, features=ORSTA_FEATURES)
+    with _quiet_progress_bars():
+        dataset.to_parquet(str(path))
+
+
+def _remove_stale(directory: Path, split: str, source: SampleSource) -> None:
+    """Drop this generator's earlier files of the source (other row counts) so a glob never reads both."""
+    for stale in directory.glob(f"{split}_{source.task}_{source.source}_*.parquet"):
+        if stale.stem.rsplit("_", 1)[-1].isdigit():
+            stale.unlink()
+
+
+def make_sample_dataset(out_dir: str | Path, *, seed: int = 0, train_rows: int = 24, test_rows: int = 4) -> list[Path]:
+    """Write the sample set under `out_dir/train` and `out_dir/test` and return the files, train first.
+
+    Every source of `SAMPLE_SOURCES` gets `train_rows` training rows and `test_rows` test rows. The same seed gives
+    byte-identical files (with the same Pillow, zlib and pyarrow versions); earlier sample files of the same
+    sources in `out_dir` are replaced.
+    """
+    if train_rows < 1 or test_rows < 1:
+        raise ValueError(f"train_rows and test_rows must be at least 1, got {train_rows} and {test_rows}")
+    written: list[Path] = []
+    for split, count in (("train", train_rows), ("test", test_rows)):
+        directory = Path(out_dir) / split
+        directory.mkdir(parents=True, exist_ok=True)
+        for source in SAMPLE_SOURCES:
+            _remove_stale(directory, split, source)
+            path = directory / source.file_name(split, count)
+            _write_parquet(_rows(source, split, count, seed), path)
+            written.append(path)
+    return written

@@ -1,0 +1,97 @@
+"""One V-Triune GRPO run: load the processor and data, build the router and the trainer, train, save, push.
+
+`recipes/grpo_triune.py` and `triune train` both parse `(TriuneScriptArguments, GRPOConfig, ModelConfig)` with
+`TrlParser` and call `run`, so the recipe file stays a thin entry point and all logic is tested here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import AutoProcessor, set_seed
+from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
+
+from .callbacks import DynamicIoUCallback
+from .configs import TriuneScriptArguments
+from .data import ImageSizing, ReleaseRescale, load_data_config, load_split
+from .rewards import RewardRouter
+from .trainer import TriuneGRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser() -> TrlParser:
+    """The parser shared by the recipe script and `triune train`."""
+    return TrlParser((TriuneScriptArguments, GRPOConfig, ModelConfig))
+
+
+def _model_init_kwargs(model_args: ModelConfig, training_args: GRPOConfig) -> dict:
+    """Model loading options from ModelConfig, unless the recipe already set GRPOConfig.model_init_kwargs."""
+    kwargs = dict(training_args.model_init_kwargs or {})
+    kwargs.setdefault("revision", model_args.model_revision)
+    kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation is not None:
+        kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    return kwargs
+
+
+def build_trainer(
+    script_args: TriuneScriptArguments, training_args: GRPOConfig, model_args: ModelConfig
+) -> TriuneGRPOTrainer:
+    """Everything up to `trainer.train()`: data is loaded and validated here, before any GPU time is spent."""
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)")
+    set_seed(training_args.seed)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    sizing = ImageSizing.from_processor(processor)
+    rescale = (
+        ReleaseRescale(min_pixels=script_args.rescale_min_pixels, max_pixels=script_args.rescale_max_pixels)
+        if script_args.rescale_images
+        else None
+    )
+    data_config = load_data_config(script_args.data_config, data_root=script_args.data_root)
+    train_dataset = load_split(data_config, "train", sizing, rescale=rescale)
+    if train_dataset is None:
+        raise ValueError(f"{script_args.data_config}: the data config lists no train files")
+    if script_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = load_split(data_config, "test", sizing, rescale=rescale)
+        if eval_dataset is None:
+            raise ValueError(
+                f"{script_args.data_config}: eval_strategy is {training_args.eval_strategy!r} but the data config "
+                "lists no test files; add a `test:` section or pass --eval_strategy no"
+            )
+
+    training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+    router = RewardRouter(iou_threshold=script_args.iou_threshold_value)
+    return TriuneGRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=[router],
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        callbacks=[DynamicIoUCallback(router)],
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def run(script_args: TriuneScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> Path:
+    """Train, save the final model with its processor to `output_dir`, push if asked; return `output_dir`.
+
+    `Trainer.save_model` writes the processor files next to the weights, so the folder reloads with
+    `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`.
+    """
+    trainer = build_trainer(script_args, training_args, model_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(dataset_name=script_args.data_config, tags=["triune-trl", "v-triune", "grpo"])
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.data_config, tags=["triune-trl", "v-triune", "grpo"])
+    logger.info("Saved model and processor to %s", output_dir)
+    return output_dir

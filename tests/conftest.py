@@ -1,0 +1,43 @@
+"""Session-wide fixtures: the tiny offline model and the bundled sample set are built once per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach the Hub: the tiny model and the sample data are built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from triune_trl.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory) -> Path:
+    from triune_trl.data.make_sample import make_sample_dataset
+
+    out = tmp_path_factory.mktemp("sample") / "sample_data"
+    make_sample_dataset(out, seed=0, train_rows=8, test_rows=2)
+    return out
+
+
+def write_data_config(path: Path, root: Path, train: list[str], test: list[str] | None = None) -> Path:
+    """A data config YAML selecting some of the files under `root`."""
+    import yaml
+
+    config = {"root": str(root), "train": [{"path": p} for p in train]}
+    if test:
+        config["test"] = [{"path": p} for p in test]
+    path.write_text(yaml.safe_dump(config))
+    return path
