@@ -43,3 +43,12 @@ def test_special_tokens_and_task_tags(tiny_model_dir):
     # Task tags must survive TRL's decoding (skip_special_tokens=True); Qwen's control tokens must not.
     ids = tokenizer.encode("<ok> <answer>\n1\n</answer><|im_end|>", add_special_tokens=False)
     assert tokenizer.decode(ids, skip_special_tokens=True) == "<ok> <answer>\n1\n</answer>"
+
+
+def test_building_the_tiny_processor_leaves_stock_defaults_alone():
+    from transformers import Qwen2VLImageProcessor
+
+    from triune_trl.tiny import build_processor
+
+    build_processor()
+    assert Qwen2VLImageProcessor().size["longest_edge"] == 28 * 28 * 1280

@@ -116,8 +116,10 @@ def build_processor(spec: TinySpec = TinySpec()):
 
     tokenizer = build_tokenizer(spec)
     tokenizer.chat_template = qwen2_5_vl_chat_template
-    image_processor = Qwen2VLImageProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+    # An explicit `size` dict, not min_pixels/max_pixels: transformers 5.17 writes those two into the class-level
+    # default `size`, which would shrink every Qwen2-VL processor created later in the same process.
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels})
+    video_processor = Qwen2VLVideoProcessor(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels})
     return Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -58,7 +58,8 @@ class DataConfig:
             resolved = self.root / os.path.expanduser(pattern)
             matches = [Path(p) for p in glob.glob(str(resolved), recursive=True) if Path(p).is_file()]
             if not matches:
-                problems.append(f"{self.source}: {split}[{i}].path: {pattern!r} matches no file (looked for {resolved})")
+                where = f"{self.source}: {split}[{i}].path"
+                problems.append(f"{where}: {pattern!r} matches no file (looked for {resolved})")
             found.update(matches)
         if problems:
             raise DataError("\n".join([*problems, "Fix the paths or `root`, or pass data_root to point elsewhere."]))

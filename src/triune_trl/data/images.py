@@ -18,12 +18,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Union
+from typing import Any
 
 import PIL.Image
 import PIL.ImageOps
 
-ImageSource = Union[bytes, str, os.PathLike, PIL.Image.Image, Mapping[str, Any]]
+ImageSource = bytes | str | os.PathLike | PIL.Image.Image | Mapping[str, Any]
 """Anything the helpers accept: raw bytes, a file path, a PIL image, or a `datasets.Image` dict {bytes, path}."""
 
 # EXIF orientations 5-8 rotate by 90°/270°, so the displayed image has width and height swapped.
@@ -129,9 +129,15 @@ def open_image(source: ImageSource) -> PIL.Image.Image:
 
 
 def _orientation(image: PIL.Image.Image) -> int | None:
-    """EXIF orientation, or None. Broken EXIF is treated as absent instead of failing the row."""
+    """EXIF orientation of an opened, not yet loaded image, or None; broken EXIF counts as none.
+
+    Pillow's base `getexif` reads only what the header put in `image.info` (PNG's own override would decode the
+    pixels). Both the header path and the decode path use this one reading, so a size computed at load time is
+    always the size decoded later. It equals `datasets.Image`'s reading except for a PNG whose eXIf chunk follows
+    the pixel data (rare; the PNG spec asks for it before), whose orientation both paths then ignore.
+    """
     try:
-        return image.getexif().get(_ORIENTATION_TAG)
+        return PIL.Image.Image.getexif(image).get(_ORIENTATION_TAG)
     except Exception:  # noqa: BLE001 - any EXIF parse error means "no usable orientation"
         return None
 
@@ -148,8 +154,9 @@ def header_size(source: ImageSource) -> tuple[int, int]:
 def decode_image(source: ImageSource) -> PIL.Image.Image:
     """Decode pixels as `datasets.Image` does: load, then apply the EXIF orientation if the tag is present."""
     image = open_image(source)
+    orientation = _orientation(image)
     image.load()
-    if _orientation(image) is not None:
+    if orientation is not None:
         image = PIL.ImageOps.exif_transpose(image)
     return image
 

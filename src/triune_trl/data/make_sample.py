@@ -459,8 +459,9 @@ def _counting_example(rng: random.Random) -> Example:
     if kind == "shape":
         stem, count = f"How many {pick.shape}s are there in the image?", sum(o.shape == pick.shape for o in objects)
     elif kind == "colour":
-        stem, count = f"How many {pick.colour} objects are there in the image?", sum(
-            o.colour == pick.colour for o in objects
+        stem, count = (
+            f"How many {pick.colour} objects are there in the image?",
+            sum(o.colour == pick.colour for o in objects),
         )
     else:
         stem, count = "How many objects are there in the image?", len(objects)

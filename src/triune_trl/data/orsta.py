@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import PIL
 import pyarrow.parquet as pq
 
 from triune_trl.data.images import ImageSizing, ImageSource, ReleaseRescale, header_size, load_image, rescaled_size
@@ -67,7 +68,7 @@ def raise_problems(problems: Sequence[tuple[str, int | None, Problem]]) -> None:
         f"{source}:{row}: {p.field}: {p.message}" if row is not None else f"{source}: {p.field}: {p.message}"
         for source, row, p in problems
     ]
-    raise DataError("\n".join([f"{len(lines)} problem(s) in the data:", *lines, _HINT]))
+    raise DataError("\n".join([*lines, f"{len(lines)} problem(s). {_HINT}"]))
 
 
 def messages_from_prompt(prompt: Any) -> tuple[list[dict[str, Any]], list[Problem]]:
@@ -113,6 +114,9 @@ def _image_sizes(
         field = f"images[{i}]"
         try:
             width, height = header_size(image)
+        except PIL.UnidentifiedImageError:
+            problems.append(Problem(field, "cannot read the image: not an image format Pillow recognizes"))
+            continue
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes; all mean "unreadable"
             problems.append(Problem(field, f"cannot read the image: {type(exc).__name__}: {exc}"))
             continue
@@ -170,7 +174,7 @@ def _plan_row(
         "image_sizes": sizes,
         "data_source": record.get("data_source"),
         "reward_model": record.get("reward_model"),
-        "ability": record.get("ability") or "",
+        "ability": record.get("ability", ""),
     }
     return plan, problems
 
@@ -311,5 +315,6 @@ def load_orsta_files(
     raise_problems(problems)
     if not parts:
         raise DataError("no data files were given to load_orsta_files")
-    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    # concatenate_datasets may reorder columns (it keeps the blocks of the first file's table); restore the order.
+    dataset = datasets.concatenate_datasets(parts).select_columns(list(ROW_COLUMNS))
     return dataset.with_transform(RowDecoder(rescale))

@@ -1,0 +1,135 @@
+"""`triune reward score`: score a JSONL file of completions offline, with the same verifiers as training.
+
+Input, one JSON object per line (blank lines are skipped):
+`{"completion": str, "data_source": str, "reward_model": {...Orsta struct...}, "image_size": [w, h],
+"step": int, "total_steps": int}`; `data_source`, `image_size`, `step` and `total_steps` are optional.
+Output, one line per input line in the same order: the input object plus `final_reward`, `format_reward`,
+`accuracy_reward` (null when unverifiable), `unverifiable_reason` and the verifier's sub-scores.
+
+Every line is validated before anything is written, and problems a file can be fixed for stop the command with
+`InputLineError(path, line, message)`: bad JSON, a missing or mistyped field, a `reward_model` that does not parse,
+and inputs a row provably needs — a detection row needs `step` and `total_steps` when the threshold is "dynamic"
+(pass a fixed threshold or "average" to score without progress) and `image_size` when its coordinates are
+normalised. What only scoring can tell (an unknown verifier, a gold that does not parse) is reported per line as
+unverifiable, like in training. The output is written to a temporary file and moved into place, so a failure never
+leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from triune_trl.errors import InputLineError, RewardSpecError
+from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
+from triune_trl.rewards.router import score_sample
+from triune_trl.rewards.spec import RewardSpec
+
+__all__ = ["score_jsonl"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_record(record: Any, threshold: IouThreshold) -> str | None:
+    """Why this parsed line cannot be scored, or None."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if "completion" not in record:
+        return "missing 'completion'"
+    if not isinstance(record["completion"], str):
+        return f"'completion' must be a string, got {type(record['completion']).__name__}"
+    if "reward_model" not in record:
+        return "missing 'reward_model'"
+    if not isinstance(record["reward_model"], Mapping):
+        return f"'reward_model' must be an object, got {type(record['reward_model']).__name__}"
+    try:
+        spec = RewardSpec.from_dict(record["reward_model"])
+    except RewardSpecError as exc:
+        return str(exc)
+    if record.get("data_source") is not None and not isinstance(record["data_source"], str):
+        return "'data_source' must be a string"
+
+    size = record.get("image_size")
+    if size is not None and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in size)
+    ):
+        return f"'image_size' must be [width, height] with two positive numbers, got {size!r:.80}"
+
+    step, total = record.get("step"), record.get("total_steps")
+    if step is not None and not (_is_int(step) and step >= 0):
+        return f"'step' must be an integer >= 0, got {step!r:.40}"
+    if total is not None and not (_is_int(total) and total > 0):
+        return f"'total_steps' must be an integer > 0, got {total!r:.40}"
+    if (step is None) != (total is None):
+        return "'step' and 'total_steps' must be given together"
+
+    if spec.verifier == "detection":
+        if threshold == "dynamic" and step is None:
+            return (
+                "a detection row needs 'step' and 'total_steps' for the dynamic IoU threshold "
+                "(or score with a fixed threshold or 'average')"
+            )
+        if spec.verifier_parm.det_verifier_normalized and size is None:
+            return "a detection row with det_verifier_normalized needs 'image_size' [width, height] of the image"
+    return None
+
+
+def _read_records(path: Path, threshold: IouThreshold) -> list[dict[str, Any]]:
+    """All records of the file, validated; raises InputLineError at the first bad line."""
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise InputLineError(str(path), number, f"not valid JSON: {exc}") from None
+            problem = _check_record(record, threshold)
+            if problem is not None:
+                raise InputLineError(str(path), number, problem)
+            records.append(record)
+    return records
+
+
+def score_jsonl(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    iou_threshold: IouThreshold | str = "dynamic",
+) -> int:
+    """Score every line of `input_path` into `output_path`; returns the number of lines written."""
+    threshold = parse_iou_threshold(iou_threshold)
+    source, target = Path(input_path), Path(output_path)
+    records = _read_records(source, threshold)
+    lines = []
+    for record in records:
+        scores = score_sample(
+            record["completion"],
+            record["reward_model"],
+            image_size=record.get("image_size"),
+            step=record.get("step"),
+            total_steps=record.get("total_steps"),
+            iou_threshold=threshold,
+        )
+        lines.append(json.dumps({**record, **scores}, ensure_ascii=False))
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as out:
+            out.writelines(line + "\n" for line in lines)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return len(lines)
