@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", required=True, help="JSONL: completion, data_source, reward_model, ...")
     score.add_argument("--output", required=True, help="JSONL with the input fields plus every reward")
     score.add_argument(
-        "--iou-threshold", default="dynamic", help="'dynamic' (uses each line's step/total_steps), 'average' or a number"
+        "--iou-threshold",
+        default="dynamic",
+        help="'dynamic' (uses each line's step/total_steps), 'average' or a number",
     )
     return parser
 

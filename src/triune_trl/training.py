@@ -41,7 +41,9 @@ def build_trainer(
 ) -> TriuneGRPOTrainer:
     """Everything up to `trainer.train()`: data is loaded and validated here, before any GPU time is spent."""
     if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)")
+        raise ValueError(
+            "--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)"
+        )
     set_seed(training_args.seed)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     sizing = ImageSizing.from_processor(processor)
