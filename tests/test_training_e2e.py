@@ -206,3 +206,28 @@ def test_a_bad_reward_spec_stops_the_run_before_training(tmp_path, tiny_model_di
     assert result.returncode == 1
     assert f"{broken_file}:{bad_row}: reward_model.verifier" in result.stderr
     assert not (tmp_path / "run" / "checkpoint-2").exists()
+
+
+def test_a_right_padded_processor_still_trains_on_image_prompts_of_different_lengths(
+    tmp_path, tiny_model_dir, sample_data_dir
+):
+    """TRL left-pads prompt ids but takes mm_token_type_ids from the processor: both must pad on the same side."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="right")
+    config = write_data_config(
+        tmp_path / "lengths.yaml",
+        sample_data_dir,
+        ["train/train_detection_*.parquet", "train/train_math_mmmath_*.parquet", "train/train_ocr_*.parquet"],
+    )
+    dataset = load_split(load_data_config(config), "train", ImageSizing.from_processor(processor))
+    lengths = {len(json.dumps(row["prompt"])) for row in dataset.select(range(len(dataset)))}
+    assert len(lengths) > 1 and all(dataset["image_sizes"]), "needs image prompts of different lengths"
+    trainer = TriuneGRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=[RewardRouter()],
+        args=_cpu_args(tmp_path / "out", per_device_train_batch_size=16, num_generations=2, max_steps=2),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert processor.tokenizer.padding_side == "left"

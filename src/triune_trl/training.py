@@ -45,7 +45,9 @@ def build_trainer(
             "--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)"
         )
     set_seed(training_args.seed)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    processor = AutoProcessor.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left", truncation_side="left"
+    )
     sizing = ImageSizing.from_processor(processor)
     rescale = (
         ReleaseRescale(min_pixels=script_args.rescale_min_pixels, max_pixels=script_args.rescale_max_pixels)
