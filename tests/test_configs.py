@@ -42,3 +42,12 @@ def test_iou_threshold_is_validated(bad):
 def test_named_schedules_pass_through():
     assert TriuneScriptArguments(iou_threshold="average").iou_threshold_value == "average"
     assert TriuneScriptArguments().iou_threshold_value == "dynamic"
+
+
+def test_training_summary_reports_reward_movement(tmp_path):
+    from triune_trl.training import training_summary
+
+    history = [{"reward": r, "step": i} for i, r in enumerate([0.0, 0.0, 0.1, 0.5, 0.9, 1.0])] + [{"train_loss": 0}]
+    text = training_summary(history, tmp_path)
+    assert "0.033 over the first 3 logged steps -> 0.800 over the last 3" in text
+    assert str(tmp_path) in text

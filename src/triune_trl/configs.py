@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .rewards.iou_schedule import parse_iou_threshold
+
 RELEASE_MIN_PIXELS = 512 * 512
 RELEASE_MAX_PIXELS = 2048 * 2048
 
@@ -53,15 +55,7 @@ class TriuneScriptArguments:
     )
 
     def __post_init__(self):
-        if self.iou_threshold not in ("dynamic", "average"):
-            try:
-                value = float(self.iou_threshold)
-            except ValueError:
-                raise ValueError(
-                    f"--iou_threshold must be 'dynamic', 'average' or a number in (0, 1], got {self.iou_threshold!r}"
-                ) from None
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"--iou_threshold must lie in (0, 1], got {value}")
+        parse_iou_threshold(self.iou_threshold)  # fail on a bad setting before any data is loaded
         if self.rescale_min_pixels <= 0 or self.rescale_max_pixels < self.rescale_min_pixels:
             raise ValueError(
                 "--rescale_min_pixels must be positive and not above --rescale_max_pixels, got "
@@ -70,5 +64,5 @@ class TriuneScriptArguments:
 
     @property
     def iou_threshold_value(self) -> float | str:
-        """The threshold as the reward router takes it: a float, or the name of a schedule."""
-        return self.iou_threshold if self.iou_threshold in ("dynamic", "average") else float(self.iou_threshold)
+        """The threshold as the reward router takes it: a float, or the name of a schedule (raises if invalid)."""
+        return parse_iou_threshold(self.iou_threshold)

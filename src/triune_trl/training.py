@@ -83,6 +83,20 @@ def build_trainer(
     )
 
 
+def training_summary(log_history: list[dict], output_dir: Path, window: int = 3) -> str:
+    """Two lines a person reads at the end of a run: how the mean reward moved, and where the model is."""
+    rewards = [entry["reward"] for entry in log_history if "reward" in entry]
+    lines = []
+    if rewards:
+        first, last = rewards[:window], rewards[-window:]
+        lines.append(
+            f"mean reward: {sum(first) / len(first):.3f} over the first {len(first)} logged steps -> "
+            f"{sum(last) / len(last):.3f} over the last {len(last)}"
+        )
+    lines.append(f"model and processor saved to {output_dir} (reload with from_pretrained)")
+    return "\n".join(lines)
+
+
 def run(script_args: TriuneScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> Path:
     """Train, save the final model with its processor to `output_dir`, push if asked; return `output_dir`.
 
@@ -94,6 +108,7 @@ def run(script_args: TriuneScriptArguments, training_args: GRPOConfig, model_arg
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
+        print(training_summary(trainer.state.log_history, output_dir))
         trainer.create_model_card(dataset_name=script_args.data_config, tags=["triune-trl", "v-triune", "grpo"])
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.data_config, tags=["triune-trl", "v-triune", "grpo"])

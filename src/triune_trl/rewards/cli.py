@@ -1,0 +1,30 @@
+"""`triune reward ...` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .iou_schedule import parse_iou_threshold
+    from .score_file import score_jsonl
+
+    count = score_jsonl(args.input, args.output, iou_threshold=parse_iou_threshold(args.iou_threshold))
+    print(f"scored {count} completions -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `triune reward` and its subcommands to the top-level parser."""
+    reward = commands.add_parser("reward", help="reward tools").add_subparsers(dest="reward_command", required=True)
+
+    score = reward.add_parser("score", help="score completions offline through the same router as training")
+    score.add_argument("--input", required=True, help="JSONL: completion, data_source, reward_model, ...")
+    score.add_argument("--output", required=True, help="JSONL with the input fields plus every reward")
+    score.add_argument(
+        "--iou-threshold",
+        default="dynamic",
+        help="'dynamic' (uses each line's step/total_steps), 'average' or a number",
+    )
+    score.set_defaults(func=_score)
