@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from triune_trl.data.make_sample import DETECTION_VERIFIER_PARM
+
 TRIUNE = [str(Path(sys.executable).with_name("triune"))] if shutil.which("triune") is None else ["triune"]
 
 
@@ -54,17 +56,7 @@ DET_SPEC = {
     "verifier": "detection",
     "accuracy_ratio": 1.0,
     "format_ratio": 0.1,
-    "verifier_parm": {
-        "det_verifier_normalized": True,
-        "det_reward_ratio": {
-            "iou_max_label_first": 1.0,
-            "iou_max_iou_first": 0.0,
-            "iou_completeness": 0.3,
-            "map": 0.0,
-            "map50": 0.0,
-            "map75": 0.0,
-        },
-    },
+    "verifier_parm": DETECTION_VERIFIER_PARM,  # the real Orsta detection rows' parameters
 }
 
 

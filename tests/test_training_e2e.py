@@ -102,21 +102,30 @@ def test_one_step_on_a_batch_mixing_text_only_one_image_and_two_image_rows(tmp_p
     assert len(losses) == 1 and losses[0] == losses[0]  # a finite, logged loss (NaN != NaN)
 
 
-@pytest.mark.slow
-def test_tiny_model_learns_the_tag_task_through_the_router(tmp_path, tiny_model_dir, sample_data_dir):
+def _train_with_router(tmp_path, tiny_model_dir, sample_data_dir, patterns: list[str], **args):
+    """Train the tiny model with a RecordingRouter on the sample files matching `patterns`."""
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    config = write_data_config(tmp_path / "tag.yaml", sample_data_dir, ["train/train_format_tagformat_*.parquet"])
+    config = write_data_config(tmp_path / "data.yaml", sample_data_dir, patterns)
     dataset = load_split(load_data_config(config), "train", ImageSizing.from_processor(processor))
     router = RecordingRouter()
     trainer = TriuneGRPOTrainer(
         model=str(tiny_model_dir),
         reward_funcs=[router],
-        args=_cpu_args(tmp_path / "out", per_device_train_batch_size=16, num_generations=4, max_steps=40),
+        args=_cpu_args(tmp_path / "out", **args),
         train_dataset=dataset,
         processing_class=processor,
         callbacks=[DynamicIoUCallback(router)],
     )
     trainer.train()
+    return trainer, router
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_the_tag_task_through_the_router(tmp_path, tiny_model_dir, sample_data_dir):
+    trainer, router = _train_with_router(
+        tmp_path, tiny_model_dir, sample_data_dir, ["train/train_format_tagformat_*.parquet"],
+        per_device_train_batch_size=16, num_generations=4, max_steps=40,
+    )
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     assert len(rewards) == 40
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
@@ -125,19 +134,10 @@ def test_tiny_model_learns_the_tag_task_through_the_router(tmp_path, tiny_model_
 
 
 def test_router_sees_the_step_being_trained(tmp_path, tiny_model_dir, sample_data_dir):
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    config = write_data_config(tmp_path / "det.yaml", sample_data_dir, ["train/train_detection_*.parquet"])
-    dataset = load_split(load_data_config(config), "train", ImageSizing.from_processor(processor))
-    router = RecordingRouter()
-    trainer = TriuneGRPOTrainer(
-        model=str(tiny_model_dir),
-        reward_funcs=[router],
-        args=_cpu_args(tmp_path / "out", per_device_train_batch_size=4, num_generations=2, max_steps=3),
-        train_dataset=dataset,
-        processing_class=processor,
-        callbacks=[DynamicIoUCallback(router)],
+    _, router = _train_with_router(
+        tmp_path, tiny_model_dir, sample_data_dir, ["train/train_detection_*.parquet"],
+        per_device_train_batch_size=4, num_generations=2, max_steps=3,
     )
-    trainer.train()
     assert [call["progress"] for call in router.calls] == [(1, 3), (2, 3), (3, 3)]
     assert [call["global_step"] for call in router.calls] == [0, 1, 2]
 
