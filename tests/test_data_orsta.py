@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from trl.trainer.utils import RepeatSampler, identity
 
-import triune_trl.data.orsta as orsta
+import triune_trl.data.loader as loader
 from triune_trl.data import ImageSizing, ReleaseRescale, load_orsta_files, row_from_orsta
 from triune_trl.data.images import decode_image, header_size
 from triune_trl.errors import DataError
@@ -253,7 +253,7 @@ def test_exif_orientation_is_applied_like_datasets_and_read_from_the_header(fmt)
 def decode_counter(monkeypatch):
     """Counts pixel decodes: every PIL load and every image the reader's transform decodes."""
     counts = {"pil_load": 0, "reader_decode": 0}
-    pil_load, reader_load = PIL.ImageFile.ImageFile.load, orsta.load_image
+    pil_load, reader_load = PIL.ImageFile.ImageFile.load, loader.load_image
 
     def counting_pil_load(self):
         counts["pil_load"] += 1
@@ -264,7 +264,7 @@ def decode_counter(monkeypatch):
         return reader_load(*args, **kwargs)
 
     monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", counting_pil_load)
-    monkeypatch.setattr(orsta, "load_image", counting_reader_load)
+    monkeypatch.setattr(loader, "load_image", counting_reader_load)
     return counts
 
 

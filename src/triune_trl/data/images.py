@@ -2,7 +2,9 @@
 
 1. The reader's rescale (`ReleaseRescale`): the V-Triune release squeezes every image's pixel area into
    [512², 2048²] right after decoding. Scores depend on it (detection boxes are judged in the pixel space the
-   model saw), so the arithmetic here is the release's, rounding included.
+   model saw), so the arithmetic here is the release's, rounding included. `QwenVLResize` is the alternative for
+   data prepared the qwen-vl-utils way (VLM-R1, OmniRL): `fetch_image`'s snap to multiples of 28 within
+   min/max pixels, computed by qwen-vl-utils itself.
 2. The processor's resize (`ImageSizing`): Qwen2-VL's image processor snaps the rescaled image to multiples of
    patch_size × merge_size within its own min/max pixels. The detection verifier needs that final size, so readers
    compute it once, from the image header alone, with transformers' own `smart_resize`.
@@ -62,7 +64,61 @@ class ReleaseRescale:
         return image if size == image.size else image.resize(size)
 
 
-def rescaled_size(width: int, height: int, rescale: ReleaseRescale | None) -> tuple[int, int]:
+@dataclass(frozen=True)
+class QwenVLResize:
+    """qwen-vl-utils' `fetch_image` rule: RGB first (RGBA over white), then resize to its `smart_resize` size.
+
+    `smart_resize` snaps both sides to multiples of `factor` with the area in [min_pixels, max_pixels] and refuses
+    aspect ratios above 200 (ValueError, reported per image at load time). The defaults are qwen-vl-utils' own.
+    """
+
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 16384 * 28 * 28
+    factor: int = 28
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) qwen-vl-utils resizes to; ValueError for an aspect ratio it refuses."""
+        from qwen_vl_utils.vision_process import smart_resize
+
+        new_height, new_width = smart_resize(
+            height, width, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        return new_width, new_height
+
+    def apply(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        """RGB conversion then resize, in qwen-vl-utils' order and with its RGBA handling."""
+        from qwen_vl_utils.vision_process import to_rgb as qwen_to_rgb
+
+        image = qwen_to_rgb(image) if image.mode != "RGB" else image
+        size = self.target_size(image.width, image.height)
+        return image if size == image.size else image.resize(size)
+
+
+ImageResize = ReleaseRescale | QwenVLResize
+"""A reader-side resize rule: anything with `target_size(w, h)` (header arithmetic) and `apply(image)`."""
+RESIZE_RULES = ("release", "qwen-vl", "none")
+
+
+def make_image_resize(rule: str, min_pixels: int | None = None, max_pixels: int | None = None) -> ImageResize | None:
+    """The resize of a rule name: "release" (`ReleaseRescale`), "qwen-vl" (`QwenVLResize`) or "none" (None).
+
+    Unset bounds take the rule's own defaults (release: 512², 2048²; qwen-vl: qwen-vl-utils' 4 and 16384 tokens).
+    """
+    bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    if rule == "release":
+        return ReleaseRescale(**bounds)
+    if rule == "qwen-vl":
+        return QwenVLResize(**bounds)
+    if rule == "none":
+        return None
+    raise ValueError(f"image resize rule must be one of {', '.join(RESIZE_RULES)}, got {rule!r}")
+
+
+def rescaled_size(width: int, height: int, rescale: ImageResize | None) -> tuple[int, int]:
     """Size after the reader's rescale; `None` means the reader does not rescale."""
     return (width, height) if rescale is None else rescale.target_size(width, height)
 
@@ -166,7 +222,7 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(source: ImageSource, rescale: ReleaseRescale | None = None) -> PIL.Image.Image:
+def load_image(source: ImageSource, rescale: ImageResize | None = None) -> PIL.Image.Image:
     """Decode, rescale, convert to RGB: the release's order, so resampling sees the original mode."""
     image = decode_image(source)
     if rescale is not None:
