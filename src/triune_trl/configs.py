@@ -1,14 +1,19 @@
 """Options of a V-Triune run that TRL's own dataclasses do not have.
 
 Everything about optimisation, generation and logging is a `trl.GRPOConfig` field, everything about the model a
-`trl.ModelConfig` field; this dataclass only adds where the data lives and how rewards are computed. All three are
-read together by `TrlParser` from a YAML recipe (`--config`) with command-line overrides.
+`trl.ModelConfig` field. `TriuneScriptArguments` adds where the data lives and how rewards are computed;
+`TriuneGRPOConfig` adds the trainer-side tricks of the paper (module freezing, vision pad token replacement,
+skipping non-finite updates, greedy evaluation). All are read together by `TrlParser` from a YAML recipe
+(`--config`) with command-line overrides.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trl import GRPOConfig
+
+from .monitoring.run_files import last_complete_checkpoint
 from .rewards.iou_schedule import parse_iou_threshold
 
 RELEASE_MIN_PIXELS = 512 * 512
@@ -37,11 +42,34 @@ class TriuneScriptArguments:
             "until 25%, then 0.99, as in the paper), 'average' (mean over 0.5:0.05:0.95 and 0.99) or a number."
         },
     )
+    reward_workers: int = field(
+        default=2,
+        metadata={
+            "help": "Worker processes per training process that compute rewards; each completion is scored under "
+            "--reward_time_limit and a hung or crashed one is killed, replaced and reported unverifiable. 0 scores "
+            "in the trainer process without a time limit (debugging only)."
+        },
+    )
+    reward_time_limit: float = field(
+        default=10.0,
+        metadata={
+            "help": "Seconds one completion's reward may take before its worker is killed and the completion is "
+            "reported unverifiable (reward None, counted as rewards/timeout_count), never scored 0."
+        },
+    )
     rescale_images: bool = field(
         default=True,
         metadata={
             "help": "Rescale every image so its pixel area lies in [rescale_min_pixels, rescale_max_pixels] "
             "before the processor sees it, as the V-Triune release does."
+        },
+    )
+    rescale_rule: str = field(
+        default="release",
+        metadata={
+            "help": "How images are rescaled when rescale_images is true: 'release' (the V-Triune rule: scale the "
+            "area into [min, max] keeping the aspect ratio) or 'qwen-vl' (qwen-vl-utils' fetch_image: snap both "
+            "sides to multiples of 28 with the area in [min, max], for data prepared the VLM-R1 way)."
         },
     )
     rescale_min_pixels: int = field(
@@ -56,6 +84,12 @@ class TriuneScriptArguments:
 
     def __post_init__(self):
         parse_iou_threshold(self.iou_threshold)  # fail on a bad setting before any data is loaded
+        if self.reward_workers < 0:
+            raise ValueError(f"--reward_workers must be >= 0, got {self.reward_workers}")
+        if not self.reward_time_limit > 0:
+            raise ValueError(f"--reward_time_limit must be > 0 seconds, got {self.reward_time_limit}")
+        if self.rescale_rule not in ("release", "qwen-vl"):
+            raise ValueError(f"--rescale_rule must be 'release' or 'qwen-vl', got {self.rescale_rule!r}")
         if self.rescale_min_pixels <= 0 or self.rescale_max_pixels < self.rescale_min_pixels:
             raise ValueError(
                 "--rescale_min_pixels must be positive and not above --rescale_max_pixels, got "
@@ -66,3 +100,73 @@ class TriuneScriptArguments:
     def iou_threshold_value(self) -> float | str:
         """The threshold as the reward router takes it: a float, or the name of a schedule (raises if invalid)."""
         return parse_iou_threshold(self.iou_threshold)
+
+
+FREEZABLE_MODULES = ("vit", "connector", "llm")
+RESUME_LAST = ("true", "last", "latest")
+
+
+@dataclass
+class TriuneGRPOConfig(GRPOConfig):
+    """`trl.GRPOConfig` plus the training tricks of the V-Triune paper, read by `TriuneGRPOTrainer`.
+
+    Kept as GRPOConfig fields (not script arguments) because the trainer itself applies them: freezing before the
+    optimizer is built, replacing vision pad tokens before log-probs are computed, skipping non-finite updates, and
+    greedy decoding during evaluation.
+    """
+
+    freeze_modules: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Parts of the vision-language model whose weights are not trained, any of 'vit' (vision "
+            "encoder: visual.patch_embed, visual.blocks), 'connector' (visual.merger) and 'llm' (language model and "
+            "lm_head). The paper freezes vit and connector. Applied before the optimizer is built; the trainable and "
+            "frozen parameter counts are logged."
+        },
+    )
+    vision_pad_replacement: str | None = field(
+        default=" ",
+        metadata={
+            "help": "Text of the single token that replaces image/video pad tokens the policy generates inside a "
+            "completion, before log-probs are computed (a pad token in the completion would not match the image "
+            "features and crash the forward pass, or train on a meaningless token). Default: the space token, as "
+            "in the paper. Empty string or null: no replacement."
+        },
+    )
+    skip_nonfinite_updates: bool = field(
+        default=True,
+        metadata={
+            "help": "Skip the optimizer update of a step whose gradient norm is NaN or infinite (the gradients are "
+            "dropped, the step still counts) and log the running count as `skipped_nonfinite_updates`. Under "
+            "DeepSpeed the engine steps inside backward, so use its own overflow handling instead."
+        },
+    )
+    eval_greedy: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode greedily during evaluation (the paper's test protocol); num_generations_eval then "
+            "defaults to 1, since greedy completions of one prompt are identical."
+        },
+    )
+
+    def __post_init__(self):
+        unknown = sorted(set(self.freeze_modules) - set(FREEZABLE_MODULES))
+        if unknown:
+            raise ValueError(
+                f"--freeze_modules: unknown module(s) {unknown}; choose among {list(FREEZABLE_MODULES)}, "
+                "e.g. `freeze_modules: [vit, connector]` in the recipe"
+            )
+        if self.vision_pad_replacement == "":
+            self.vision_pad_replacement = None
+        if self.eval_greedy and self.num_generations_eval is None:
+            self.num_generations_eval = 1
+        if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in RESUME_LAST:
+            checkpoint = last_complete_checkpoint(self.output_dir)
+            if checkpoint is None:
+                raise ValueError(
+                    f"--resume_from_checkpoint {self.resume_from_checkpoint}: no complete checkpoint-N folder (one "
+                    f"holding trainer_state.json) under {self.output_dir}; pass a checkpoint path, or drop the flag "
+                    "to start from scratch"
+                )
+            self.resume_from_checkpoint = str(checkpoint)
+        super().__post_init__()

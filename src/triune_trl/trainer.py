@@ -13,22 +13,52 @@ Two fixes, both for batches of prompts that differ (which is every V-Triune batc
    that), then hands the same list to the processor to compute the forward pass inputs, where `None` crashes
    (`TypeError: only a single or a list of entries is supported but got type=<class 'NoneType'>`). The processor
    wants `[]` for a prompt without images. We normalise at that boundary only, after generation, so the vLLM path
-   keeps seeing `None`.
+   keeps seeing `None`. Across ranks, TRL gathers the batch's images for its completions table on every step
+   (`log_multimodal`, on by default) but only on ranks whose batch has an image: a rank holding only text-only
+   prompts skips the collective and the run hangs. We gather them ourselves, on every rank, one list per prompt
+   (`[]` for text-only), and only when `log_completions` will use them.
+
+Then V-Triune's monitoring and training tricks, each an override at the one place where TRL holds the data
+(options: `TriuneGRPOConfig`; a plain `GRPOConfig` gets their defaults):
+
+3. Per-source metrics (`triune_trl.monitoring`): right after the reward functions ran, the batch's rows,
+   completions, completion ids and the router's per-sample scores become records, gathered from all ranks and
+   logged as `<metric>/<data_source>` through TRL's metrics, so every `report_to` and `trainer_state.json` get them.
+4. `freeze_modules` (vit / connector / llm), applied when the trainer is built, before `train()` builds the
+   optimizer; the parameter counts are logged.
+5. Image/video pad tokens the policy generates inside a completion are replaced (default: the space token) before
+   log-probs are computed; otherwise the forward pass takes them for image slots and fails, or trains on noise.
+6. An update whose gradient norm is NaN or infinite is skipped (its gradients dropped) and counted.
+7. Greedy decoding during evaluation, and a train sampler whose epoch order survives a resume.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import MISSING, fields
 
+import torch
+from accelerate.utils import DistributedType, gather_object
 from transformers import ProcessorMixin
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
+from .monitoring.collector import SourceMonitor, current_iou_threshold
 
 logger = logging.getLogger(__name__)
 
 # `GRPOTrainer._generate` in TRL 1.16 returns, in order: prompt_ids, completion_ids, tool_mask, completions,
 # logprobs, extra_fields, images, tool_images.
 _GENERATE_OUTPUTS = 8
+_COMPLETION_IDS_INDEX = 1
+_TOOL_MASK_INDEX = 2
 _IMAGES_INDEX = 6
+SKIPPED_UPDATES_KEY = "skipped_nonfinite_updates"
 
 
 def images_for_processor(images: list | None) -> list | None:
@@ -52,13 +82,158 @@ def use_left_padding(processing_class) -> None:
     tokenizer.truncation_side = "left"
 
 
+def module_group(parameter_name: str) -> str | None:
+    """Which freezable part of a Qwen-VL model a parameter belongs to: "vit", "connector", "llm" or None.
+
+    Matched on name segments so that PEFT (`base_model.model.model.visual...`) and the transformers 4/5 layouts
+    (`visual.` at the top or under `model.`) all resolve: the vision tower is `visual.*` except its `merger`
+    (Qwen3-VL's `deepstack_merger_list` too), which is the connector; the language model is `language_model.*`
+    plus `lm_head`.
+    """
+    segments = parameter_name.split(".")
+    if "visual" in segments:
+        return "connector" if any("merger" in segment for segment in segments) else "vit"
+    if "language_model" in segments or "lm_head" in segments:
+        return "llm"
+    return None
+
+
+def freeze_modules(model: torch.nn.Module, modules: Sequence[str]) -> dict[str, int]:
+    """Set `requires_grad = False` on the named parts; return parameter counts (total, trainable, per part frozen).
+
+    Raises ValueError for an unknown part, or for one that matches no parameter of this model (freezing nothing
+    silently would train the ViT of a run that asked for it frozen).
+    """
+    unknown = sorted(set(modules) - set(FREEZABLE_MODULES))
+    if unknown:
+        raise ValueError(f"freeze_modules: unknown module(s) {unknown}; choose among {list(FREEZABLE_MODULES)}")
+    counts = {f"frozen_{group}": 0 for group in modules}
+    matched = dict.fromkeys(modules, 0)
+    for name, parameter in model.named_parameters():
+        group = module_group(name)
+        if group in modules:
+            parameter.requires_grad_(False)
+            counts[f"frozen_{group}"] += _numel(parameter)
+            matched[group] += 1
+    empty = [group for group, tensors in matched.items() if tensors == 0]
+    if empty:
+        raise ValueError(
+            f"freeze_modules: {empty} matched no parameter of {type(model).__name__}; the vision tower must be named "
+            "`visual.*` (connector: `visual.merger`) and the language model `language_model.*` / `lm_head`"
+        )
+    return {**counts, **parameter_counts(model)}
+
+
+def _numel(parameter: torch.Tensor) -> int:
+    """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it away (`numel()` is then 0)."""
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Total and trainable (requires_grad) parameter counts."""
+    parameters = list(model.parameters())
+    return {
+        "total": sum(_numel(p) for p in parameters),
+        "trainable": sum(_numel(p) for p in parameters if p.requires_grad),
+    }
+
+
+def replacement_token_id(tokenizer, text: str | None) -> int | None:
+    """The id of the single token `text` encodes to (None for no replacement); ValueError if it is not one token."""
+    if text is None:
+        return None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"vision_pad_replacement {text!r} encodes to {len(ids)} tokens {ids}; it must be exactly one token "
+            "(the default ' ' is one token for Qwen tokenizers)"
+        )
+    return ids[0]
+
+
+def replace_tokens(
+    completion_ids: list[list[int]], targets: set[int], replacement: int, tool_mask: list[list[int]] | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """`completion_ids` with every id in `targets` replaced, and the per-completion replacement counts.
+
+    With a `tool_mask`, only model-generated positions (mask 1) change: tool responses may carry real image pads.
+    """
+    replaced_ids, counts = [], []
+    for row, ids in enumerate(completion_ids):
+        mask = tool_mask[row] if tool_mask is not None else None
+        new = [
+            replacement if token in targets and (mask is None or mask[position]) else token
+            for position, token in enumerate(ids)
+        ]
+        counts.append(sum(1 for old, token in zip(ids, new, strict=True) if old != token))
+        replaced_ids.append(new)
+    return replaced_ids, counts
+
+
+class ResumableRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose shuffle order is a function of (seed, epoch), so a resumed run sees the same order.
+
+    TRL's sampler draws each epoch's permutation from one generator seeded once; a run resumed in epoch k builds a
+    fresh sampler and replays epoch 0's order. `set_epoch(k)` (called by the Trainer at every epoch start) reseeds
+    and skips k permutations, which reproduces exactly the order of an uninterrupted run.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.shuffle or self.seed is None:
+            return
+        self.generator.manual_seed(self.seed)
+        for _ in range(epoch):
+            torch.randperm(self.num_samples, generator=self.generator)
+
+
 class TriuneGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that trains on batches mixing text-only, single-image and multi-image prompts."""
+    """GRPOTrainer for V-Triune: mixed-modality batches, per-source metrics and the paper's training tricks."""
 
     def __init__(self, *args, processing_class=None, **kwargs):
         if processing_class is not None:
             use_left_padding(processing_class)
         super().__init__(*args, processing_class=processing_class, **kwargs)
+        self._source_monitor = SourceMonitor()
+        # TRL's own image gather is one-sided on mixed-modality ranks (see 2. above); ours runs on every rank.
+        self._log_images = self.log_multimodal and self.log_completions
+        self.log_multimodal = False
+        self._router = next((func for func in self.reward_funcs if hasattr(func, "last_scores")), None)
+        self._vision_pad_ids = self._find_vision_pad_ids()
+        self._pad_replacement_id = replacement_token_id(self._tokenizer, self._option("vision_pad_replacement"))
+        self._vision_pads_replaced: list[int] | None = None
+        self._skipped_updates = 0  # in this process's run; the logged total adds what a resumed checkpoint had
+        self._skipped_updates_before: int | None = None
+        if self._option("skip_nonfinite_updates") and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            logger.warning("skip_nonfinite_updates has no effect under DeepSpeed, which steps inside backward")
+        self.parameter_counts = self._freeze()
+
+    def _option(self, name: str):
+        """A TriuneGRPOConfig option, or its default when the trainer was given a plain GRPOConfig."""
+        if hasattr(self.args, name):
+            return getattr(self.args, name)
+        default = next(f for f in fields(TriuneGRPOConfig) if f.name == name)
+        return default.default_factory() if default.default_factory is not MISSING else default.default
+
+    def _freeze(self) -> dict[str, int]:
+        modules = list(self._option("freeze_modules"))
+        counts = freeze_modules(self.model, modules) if modules else parameter_counts(self.model)
+        logger.info(
+            "trainable parameters: %d of %d (%s)",
+            counts["trainable"],
+            counts["total"],
+            ", ".join(f"{key} {value}" for key, value in counts.items() if key.startswith("frozen_")) or "none frozen",
+        )
+        for key, value in counts.items():
+            self._metrics["train"][f"params/{key}"] = [float(value)]
+        return counts
+
+    def _find_vision_pad_ids(self) -> set[int]:
+        ids = {self._image_pad_token_id, self._video_pad_token_id}
+        config = getattr(self.model, "config", None)
+        ids |= {getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)}
+        return {token for token in ids if isinstance(token, int)}
+
+    # --- generation: mixed modalities, vision pad replacement, greedy evaluation -------------------------------
 
     def _generate(self, prompts: list):
         outputs = super()._generate(prompts)
@@ -69,4 +244,120 @@ class TriuneGRPOTrainer(GRPOTrainer):
             )
         outputs = list(outputs)
         outputs[_IMAGES_INDEX] = images_for_processor(outputs[_IMAGES_INDEX])
+        self._vision_pads_replaced = None
+        if self._pad_replacement_id is not None and self._vision_pad_ids:
+            outputs[_COMPLETION_IDS_INDEX], self._vision_pads_replaced = replace_tokens(
+                outputs[_COMPLETION_IDS_INDEX], self._vision_pad_ids, self._pad_replacement_id,
+                outputs[_TOOL_MASK_INDEX],
+            )
         return tuple(outputs)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        greedy = not self.model.training and self._option("eval_greedy")
+        with self._greedy_decoding() if greedy else nullcontext():
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
+            )
+
+    @contextmanager
+    def _greedy_decoding(self) -> Iterator[None]:
+        """Swap the sampling settings for greedy ones (transformers: do_sample False; vLLM: temperature 0)."""
+        saved_config, saved_kwargs = getattr(self, "generation_config", None), getattr(self, "generation_kwargs", None)
+        vllm = getattr(self, "vllm_generation", None) if self.use_vllm else None
+        saved_temperature = vllm.temperature if vllm is not None else None
+        unset = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None}
+        if saved_config is not None:
+            greedy_config = copy.deepcopy(saved_config)
+            for key, value in unset.items():
+                setattr(greedy_config, key, value)
+            self.generation_config = greedy_config
+        if saved_kwargs is not None:
+            self.generation_kwargs = {**saved_kwargs, **unset}
+        if vllm is not None:
+            vllm.temperature = 0.0
+        try:
+            yield
+        finally:
+            if saved_config is not None:
+                self.generation_config = saved_config
+            if saved_kwargs is not None:
+                self.generation_kwargs = saved_kwargs
+            if vllm is not None:
+                vllm.temperature = saved_temperature
+
+    # --- per-source metrics ------------------------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        # TRL's combined reward: weighted sum over reward functions, NaN where every function returned None.
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        combined = (rewards_per_func * weights).nansum(dim=1)
+        combined[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        start = self.accelerator.process_index * len(prompts)
+        if self._router is not None and len(self._router.last_scores) == len(prompts):
+            scores = self._router.last_scores
+        else:  # no router among the reward functions: the combined reward is all there is
+            local = combined[start : start + len(prompts)].tolist()
+            scores = [{"final_reward": None if math.isnan(r) else r, "accuracy_reward": None} for r in local]
+        records = SourceMonitor.local_records(
+            inputs,
+            completions,
+            completion_ids_list,
+            scores,
+            stop_token_ids=[*self.eos_token_ids, self._tokenizer.pad_token_id],
+            iou_threshold=current_iou_threshold(self._router, self.state),
+            vision_pads_replaced=self._vision_pads_replaced,
+        )
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        self._source_monitor.add(mode, gather_object(records), combined.tolist(), group_size)
+        if self._log_images:
+            self._logs["images"].extend(gather_object([list(row.get("images") or []) for row in inputs]))
+        return rewards_per_func
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        for key, value in self._source_monitor.flush(mode).items():
+            self._metrics[mode][key] = [value]
+        if mode == "train" and self._option("skip_nonfinite_updates"):
+            self._metrics[mode][SKIPPED_UPDATES_KEY] = [float(self._skipped_updates_total())]
+        super().log(logs, start_time)
+
+    # --- non-finite updates, resumable data order ------------------------------------------------------------
+
+    def _skipped_updates_total(self) -> int:
+        """Skipped updates of the whole run: this process's plus the last total a resumed checkpoint logged."""
+        if self._skipped_updates_before is None:
+            logged = [entry[SKIPPED_UPDATES_KEY] for entry in self.state.log_history if SKIPPED_UPDATES_KEY in entry]
+            self._skipped_updates_before = int(logged[-1]) if logged else 0
+        return self._skipped_updates_before + self._skipped_updates
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if not self._option("skip_nonfinite_updates") or grad_norm is None:
+            return grad_norm
+        if not math.isfinite(float(grad_norm)):
+            # The next call is `optimizer.step()`: with every gradient dropped it leaves all parameters (and
+            # AdamW's moments) as they are. The clipped gradients would be NaN and poison the weights.
+            model.zero_grad(set_to_none=True)
+            self._skipped_updates += 1
+            logger.warning(
+                "step %d: gradient norm is %s, update skipped (%d skipped so far)",
+                self.state.global_step + 1,
+                float(grad_norm),
+                self._skipped_updates_total(),
+            )
+        return grad_norm
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:
+            return sampler
+        return ResumableRepeatSampler(  # TRL's sampler, same arguments, plus set_epoch
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )

@@ -1,6 +1,6 @@
 """One V-Triune GRPO run: load the processor and data, build the router and the trainer, train, save, push.
 
-`recipes/grpo_triune.py` and `triune train` both parse `(TriuneScriptArguments, GRPOConfig, ModelConfig)` with
+`recipes/grpo_triune.py` and `triune train` both parse `(TriuneScriptArguments, TriuneGRPOConfig, ModelConfig)` with
 `TrlParser` and call `run`, so the recipe file stays a thin entry point and all logic is tested here.
 """
 
@@ -13,8 +13,11 @@ from transformers import AutoProcessor, set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
 from .callbacks import DynamicIoUCallback
-from .configs import TriuneScriptArguments
-from .data import ImageSizing, ReleaseRescale, load_data_config, load_split
+from .configs import TriuneGRPOConfig, TriuneScriptArguments
+from .data import ImageSizing, load_data_config, load_split, make_image_resize
+from .distributed import apply_cpu_distributed_shim, check_world_size
+from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
+from .lora import apply_lora_defaults
 from .rewards import RewardRouter
 from .trainer import TriuneGRPOTrainer
 
@@ -22,8 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def make_parser() -> TrlParser:
-    """The parser shared by the recipe script and `triune train`."""
-    return TrlParser((TriuneScriptArguments, GRPOConfig, ModelConfig))
+    """The parser shared by the recipe script and `triune train`.
+
+    Parsing builds the GRPOConfig, whose `__post_init__` creates accelerate's process state, so the CPU-only
+    multi-process shim (`triune_trl.distributed`) is applied here, before that happens.
+    """
+    apply_cpu_distributed_shim()
+    return TrlParser((TriuneScriptArguments, TriuneGRPOConfig, ModelConfig))
 
 
 def _model_init_kwargs(model_args: ModelConfig, training_args: GRPOConfig) -> dict:
@@ -44,15 +52,17 @@ def build_trainer(
         raise ValueError(
             "--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)"
         )
+    check_world_size(training_args.world_size)  # before any data loading: N silent copies of one run are worse
+    apply_lora_defaults(model_args)  # --use_peft alone: LoRA on the language model only, the ViT stays frozen
     set_seed(training_args.seed)
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left", truncation_side="left"
     )
     sizing = ImageSizing.from_processor(processor)
-    rescale = (
-        ReleaseRescale(min_pixels=script_args.rescale_min_pixels, max_pixels=script_args.rescale_max_pixels)
-        if script_args.rescale_images
-        else None
+    rescale = make_image_resize(
+        script_args.rescale_rule if script_args.rescale_images else "none",
+        script_args.rescale_min_pixels,
+        script_args.rescale_max_pixels,
     )
     data_config = load_data_config(script_args.data_config, data_root=script_args.data_root)
     train_dataset = load_split(data_config, "train", sizing, rescale=rescale)
@@ -70,7 +80,11 @@ def build_trainer(
             )
 
     training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
-    router = RewardRouter(iou_threshold=script_args.iou_threshold_value)
+    router = RewardRouter(
+        iou_threshold=script_args.iou_threshold_value,
+        workers=script_args.reward_workers,
+        time_limit=script_args.reward_time_limit,
+    )
     return TriuneGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[router],
@@ -97,20 +111,38 @@ def training_summary(log_history: list[dict], output_dir: Path, window: int = 3)
     return "\n".join(lines)
 
 
-def run(script_args: TriuneScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> Path:
+def run(
+    script_args: TriuneScriptArguments,
+    training_args: GRPOConfig,
+    model_args: ModelConfig,
+    uploader: Uploader | None = None,
+) -> Path:
     """Train, save the final model with its processor to `output_dir`, push if asked; return `output_dir`.
 
     `Trainer.save_model` writes the processor files next to the weights, so the folder reloads with
-    `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`.
+    `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`; `triune_trl.hub` adds the
+    model card (README.md), the run's exact recipe (triune_recipe.yaml) and the card's facts (triune_run.json).
+    With `push_to_hub`, that folder is pushed once at the end through `uploader` (default: the Hub; see
+    `triune_trl.hub` for why the Trainer's own pushes are turned off).
     """
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # no Trainer push at init or on every save: one push of the final folder below
     trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
+    trainer.save_state()  # output_dir/trainer_state.json: the per-source log history `triune plot` reads
+    training_args.push_to_hub = push
     if trainer.accelerator.is_main_process:
         print(training_summary(trainer.state.log_history, output_dir))
-        trainer.create_model_card(dataset_name=script_args.data_config, tags=["triune-trl", "v-triune", "grpo"])
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.data_config, tags=["triune-trl", "v-triune", "grpo"])
+        repo_id = default_repo_id(training_args.hub_model_id, output_dir)
+        write_recipe(output_dir, script_args, training_args, model_args)
+        write_model_card(output_dir, repo_id, run_facts(trainer, script_args, training_args, model_args))
+        if push:
+            uploader = uploader or HubUploader(
+                token=training_args.hub_token, private=training_args.hub_private_repo,
+                revision=training_args.hub_revision,
+            )
+            print(f"pushed {output_dir} to {push_checkpoint(output_dir, repo_id, uploader)}")
     logger.info("Saved model and processor to %s", output_dir)
     return output_dir

@@ -1,0 +1,6 @@
+"""Source-level metric monitoring: V-Triune's per-`data_source` view of a run (docs/monitoring.md).
+
+`per_source` (records -> `<metric>/<data_source>` metrics), `reflection` (the release's reflection words and
+ratios), `collector` (records of a scored batch, kept per logging window; `TriuneGRPOTrainer` feeds it),
+`evaluate` + `eval_table` (`triune eval`), `plots` (`triune plot`), `run_files` (a run folder's checkpoints).
+"""

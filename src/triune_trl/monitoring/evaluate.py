@@ -1,0 +1,101 @@
+"""Decoupled evaluation of a checkpoint: greedy decoding over a split, scored by the training router, per source.
+
+It is the evaluation a run does every `eval_steps` (`TriuneGRPOTrainer` in eval mode: greedy, one completion per
+prompt, the same per-source metrics), run on its own so any saved checkpoint can be scored after training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["evaluate_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(
+    model: str,
+    data_config: str,
+    split: str = "test",
+    *,
+    data_root: str | None = None,
+    out_dir: str | Path | None = None,
+    batch_size: int = 8,
+    max_completion_length: int = 2048,
+    iou_threshold: str = "average",
+    max_samples: int | None = None,
+    rescale_images: bool = True,
+    dtype: str = "auto",
+    use_cpu: bool | None = None,
+) -> tuple[dict[str, dict[str, float]], Path, Path]:
+    """Evaluate `model` on `split` of `data_config`; return the per-source table and the markdown / JSON paths.
+
+    `iou_threshold` defaults to "average" (the release's reward-server default): a dynamic threshold follows
+    training progress, which a standalone evaluation does not have. Tables go to `out_dir`, by default
+    `<model>/eval_<split>` for a local checkpoint, else `eval_<split>` in the current folder.
+    """
+    import torch
+    from transformers import AutoProcessor
+
+    from ..configs import TriuneGRPOConfig
+    from ..data import ImageSizing, ReleaseRescale, load_data_config, load_split
+    from ..rewards import RewardRouter
+    from ..trainer import TriuneGRPOTrainer
+    from .eval_table import per_source_table, write_tables
+
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    if out_dir is None:
+        out_dir = Path(model) / f"eval_{split}" if Path(model).is_dir() else Path(f"eval_{split}")
+    processor = AutoProcessor.from_pretrained(model, padding_side="left", truncation_side="left")
+    config = load_data_config(data_config, data_root=data_root)
+    rescale = ReleaseRescale() if rescale_images else None
+    dataset = load_split(config, split, ImageSizing.from_processor(processor), rescale=rescale)
+    if dataset is None:
+        raise DataError(f"{data_config}: the data config lists no {split!r} files; add a `{split}:` section")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    args = TriuneGRPOConfig(
+        output_dir=str(out_dir),
+        report_to="none",
+        use_cpu=use_cpu,
+        bf16=not use_cpu,
+        per_device_eval_batch_size=batch_size,
+        per_device_train_batch_size=2,  # GRPOConfig requires >= 2 generations for training, which never runs
+        num_generations=2,
+        num_generations_eval=1,
+        eval_greedy=True,
+        max_completion_length=max_completion_length,
+        model_init_kwargs={"dtype": dtype},
+        save_strategy="no",
+    )
+    router = RewardRouter(iou_threshold=iou_threshold)
+    # GRPOTrainer insists on a train set; evaluation never reads it, so the split itself stands in.
+    trainer = TriuneGRPOTrainer(
+        model=model,
+        reward_funcs=[router],
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=processor,
+    )
+    metrics = trainer.evaluate()
+    table = per_source_table(metrics)
+    meta: dict[str, Any] = {
+        "model": model,
+        "data_config": str(data_config),
+        "split": split,
+        "rows": len(dataset),
+        "decoding": "greedy",
+        "max_completion_length": max_completion_length,
+        "iou_threshold": iou_threshold,
+    }
+    if not trainer.accelerator.is_main_process:
+        return table, Path(out_dir) / "results.md", Path(out_dir) / "results.json"
+    markdown_path, json_path = write_tables(table, out_dir, meta)
+    logger.info("evaluation tables written to %s and %s", markdown_path, json_path)
+    return table, markdown_path, json_path
