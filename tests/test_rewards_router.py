@@ -200,6 +200,7 @@ def test_sub_scores_are_kept_and_logged_over_verified_samples():
 
 
 def test_gold_is_parsed_once_per_distinct_spec_within_a_call(monkeypatch):
+    """In process (`workers=0`), where a patched parser is visible; the workers' count is in test_rewards_pool."""
     verifier = get_verifier("tag")
     calls = []
     original = type(verifier).parse_gold
@@ -209,11 +210,11 @@ def test_gold_is_parsed_once_per_distinct_spec_within_a_call(monkeypatch):
         return original(self, spec)
 
     monkeypatch.setattr(type(verifier), "parse_gold", counting)
-    router = RewardRouter()
+    router = RewardRouter(workers=0)
     router(prompts=["p"] * 6, completions=["<ok>"] * 6, reward_model=[tag_spec()] * 4 + [tag_spec(gold="<x>")] * 2)
     assert calls == ["<ok>", "<x>"]
     router(prompts=["p"], completions=["<ok>"], reward_model=[tag_spec()])
-    assert calls == ["<ok>", "<x>", "<ok>"]  # the cache lives for one call only
+    assert calls == ["<ok>", "<x>", "<ok>"]  # in process, the cache lives for one call only
 
 
 def test_mismatched_column_lengths_are_a_programming_error():

@@ -118,3 +118,64 @@ def test_an_existing_output_is_left_untouched_on_error(tmp_path):
         score_jsonl(source, target)
     assert target.read_text() == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+# ----------------------------------------------------------------------------------------------- workers, limits
+
+
+def test_worker_processes_score_like_the_process_itself(tmp_path):
+    records = [
+        {"completion": "\\boxed{4}", "reward_model": MATH},
+        {"completion": "\\boxed{5}", "reward_model": MATH},
+        {"completion": BOXES, "reward_model": DETECTION, "image_size": [1000, 1000], "step": 10, "total_steps": 100},
+        {"completion": "\\boxed{12.4}", "reward_model": {**MATH, "verifier": "numeric", "ground_truth": "12"}},
+    ]
+    source = tmp_path / "in.jsonl"
+    write_lines(source, records)
+    assert score_jsonl(source, tmp_path / "pooled.jsonl", workers=2) == 4
+    assert score_jsonl(source, tmp_path / "inline.jsonl", workers=0) == 4
+    assert read_lines(tmp_path / "pooled.jsonl") == read_lines(tmp_path / "inline.jsonl")
+    assert [line["final_reward"] for line in read_lines(tmp_path / "pooled.jsonl")] == [1.0, 0.0, 0.9, 1.0]
+
+
+def test_a_line_that_hangs_is_unverifiable_and_the_file_is_written(tmp_path):
+    from tests.test_rewards_pool_verifiers import MisbehavingVerifier  # noqa: F401  (registers test_misbehave)
+
+    slow = {"ground_truth": "g", "verifier": "test_misbehave", "accuracy_ratio": 1.0, "format_ratio": 0.0}
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(source, [{"completion": "ok", "reward_model": slow}, {"completion": "hang", "reward_model": slow}])
+    assert score_jsonl(source, target, workers=1, time_limit=1.0) == 2
+    fine, hung = read_lines(target)
+    assert fine["final_reward"] == 1.0
+    assert hung["final_reward"] is None and "1 s time limit" in hung["unverifiable_reason"]
+
+
+def test_grounding_lines_need_progress_unless_continuous(tmp_path):
+    grounding = {**MATH, "verifier": "grounding", "ground_truth": "[0, 0, 10, 10]"}
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(source, [{"completion": "<answer>[0, 0, 10, 10]</answer>", "reward_model": grounding}])
+    with pytest.raises(InputLineError, match="a grounding row needs 'step'"):
+        score_jsonl(source, target)
+    continuous = {**grounding, "verifier_parm": {"mode": "continuous"}}
+    write_lines(source, [{"completion": "<answer>[0, 0, 10, 10]</answer>", "reward_model": continuous}])
+    assert score_jsonl(source, target, workers=0) == 1
+    assert read_lines(target)[0]["accuracy_reward"] == 1.0
+
+
+def test_multi_verifier_lines_are_checked_per_entry(tmp_path):
+    multi = {**DETECTION, "verifier": [{"name": "detection"}, {"name": "length", "verifier_parm": {"max_length": 50}}]}
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(source, [{"completion": BOXES, "reward_model": multi, "step": 1, "total_steps": 9}])
+    with pytest.raises(InputLineError, match="det_verifier_normalized needs 'image_size'"):
+        score_jsonl(source, target)
+
+
+def test_the_cli_passes_workers_and_time_limit(tmp_path, capsys):
+    from triune_trl.cli import main
+
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(source, [GOOD])
+    assert main(["reward", "score", "--input", str(source), "--output", str(target), "--workers", "0",
+                 "--time-limit", "3"]) == 0  # fmt: skip
+    assert read_lines(target)[0]["final_reward"] == 1.0
+    assert "scored 1 completions" in capsys.readouterr().err

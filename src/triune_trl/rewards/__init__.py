@@ -1,10 +1,25 @@
 """Verifier-level reward computation: reward specs, the verifier registry, the verifiers and the TRL router.
 
-Importing the package registers the built-in verifiers: `mathverify`, `detection` and `tag` (the learnable demo
-task). See docs/architecture.md for the contract and each module's docstring for the published semantics.
+Importing the package registers the built-in verifiers: the release's `mathverify` and `detection`, the tasks the
+paper names that the release scored with those two (`ocr`, `counting`, `numeric`, `choice`, `grounding`), OmniRL's
+`text_overlap` and `length`, `format`, and `tag` (the learnable demo task). See docs/rewards.md for every
+verifier's parameters and each module's docstring for its semantics.
 """
 
-from triune_trl.rewards import detection, mathverify, tag  # noqa: F401  (registration side effect)
+from triune_trl.rewards import (  # noqa: F401  (registration side effect)
+    choice,
+    counting,
+    detection,
+    format,
+    grounding,
+    length,
+    mathverify,
+    numeric,
+    ocr,
+    tag,
+    text_overlap,
+)
+from triune_trl.rewards.pool import Job, JobResult, ScoringPool
 from triune_trl.rewards.registry import (
     ScoringContext,
     Unverifiable,
@@ -15,12 +30,15 @@ from triune_trl.rewards.registry import (
     register_verifier,
 )
 from triune_trl.rewards.router import RewardRouter, score_sample, validate_reward_spec
-from triune_trl.rewards.spec import RewardSpec
+from triune_trl.rewards.spec import RewardSpec, verifier_names
 
 __all__ = [
+    "Job",
+    "JobResult",
     "RewardRouter",
     "RewardSpec",
     "ScoringContext",
+    "ScoringPool",
     "Unverifiable",
     "Verifier",
     "VerifierOutput",
@@ -29,4 +47,5 @@ __all__ = [
     "register_verifier",
     "score_sample",
     "validate_reward_spec",
+    "verifier_names",
 ]

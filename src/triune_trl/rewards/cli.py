@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .router import DEFAULT_TIME_LIMIT, DEFAULT_WORKERS
+
 
 def _score(args: argparse.Namespace) -> int:
     from .iou_schedule import parse_iou_threshold
     from .score_file import score_jsonl
 
-    count = score_jsonl(args.input, args.output, iou_threshold=parse_iou_threshold(args.iou_threshold))
+    count = score_jsonl(
+        args.input,
+        args.output,
+        iou_threshold=parse_iou_threshold(args.iou_threshold),
+        workers=args.workers,
+        time_limit=args.time_limit,
+        progress=True,
+    )
     print(f"scored {count} completions -> {args.output}", file=sys.stderr)
     return 0
 
@@ -26,5 +35,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--iou-threshold",
         default="dynamic",
         help="'dynamic' (uses each line's step/total_steps), 'average' or a number",
+    )
+    score.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"worker processes that score (default {DEFAULT_WORKERS}; 0 scores in this process, without time limit)",
+    )
+    score.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT,
+        help=f"seconds one completion may take before it is reported unverifiable (default {DEFAULT_TIME_LIMIT:g})",
     )
     score.set_defaults(func=_score)

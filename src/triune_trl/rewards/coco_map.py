@@ -1,9 +1,12 @@
 """Single-image COCO bbox mAP, mAP50 and mAP75 in numpy, equal to what the release gets from pycocotools.
 
 The release builds a one-image COCO dataset per completion and runs `COCOeval(..., "bbox")` (a vendored copy whose
-only change is evaluating the "all" area range alone). Doing that in the trainer costs object construction and
-per-detection Python loops; pycocotools is also not a runtime dependency here. This module re-implements the
-exact computation, vectorised over the 10 IoU thresholds, and is tested against pycocotools to 1e-9:
+only change is evaluating the "all" area range alone). Doing that in the trainer costs object construction, index
+building and summary printing for every completion; pycocotools is also not a runtime dependency here. This module
+computes the same numbers directly, about 7x faster per image (`benchmarks/rewards.py`), and is tested against
+pycocotools to 1e-9 on 1,300 random cases: IoUs, the precision envelope and the recall lookup are numpy arrays over
+the 10 IoU thresholds; the greedy matching is pycocotools' own loop over plain Python floats (for one image's few
+boxes that beats one numpy call per detection, and NaN comparisons behave identically):
 
 - categories are the gold labels; predictions with any other label are dropped; every prediction has score 1.0,
   so the stable (mergesort) score sort keeps the written order; at most 100 detections per category (maxDets);
@@ -37,7 +40,7 @@ AREA_ALL = (0.0**2, 1e5**2)
 MAX_DETS = 100
 _T50 = np.where(IOU_THRS == 0.5)[0]
 _T75 = np.where(IOU_THRS == 0.75)[0]
-_MATCH_THRS = np.minimum(IOU_THRS, 1 - 1e-10)
+_MATCH_THRS_LIST = np.minimum(IOU_THRS, 1 - 1e-10).tolist()
 _EPS = np.spacing(1)
 
 
@@ -72,13 +75,40 @@ def _bb_iou(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return out
 
 
-def _last_best(candidates: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """Per threshold (row of `candidates`), the last gold index with the highest IoU among candidates, or -1."""
-    values = np.where(candidates, row[None, :], -np.inf)
-    best = values.max(axis=1, initial=-np.inf)
-    n = row.shape[0]
-    last = n - 1 - np.argmax((values == best[:, None])[:, ::-1], axis=1)
-    return np.where(candidates.any(axis=1), last, -1)
+def _greedy_match(ious: list[list[float]], gt_ignored: list[bool]) -> tuple[list[list[bool]], list[list[bool]]]:
+    """pycocotools' `evaluateImg` matching loop, statement for statement, for every threshold.
+
+    Per threshold t, each detection in order takes the not yet matched gold with the highest IoU >= min(t, 1-1e-10)
+    (ties to the later gold); once it holds a regular gold it stops at the first ignored one (gold is sorted
+    regular first). Returns (matched, matched-to-an-ignored-gold) per threshold and detection. Written as plain
+    loops over Python floats: for the few boxes of one image this is several times faster than numpy calls per
+    detection, and comparisons with NaN behave exactly as in pycocotools.
+    """
+    n_gt = len(gt_ignored)
+    matched_all, ignored_all = [], []
+    for threshold in _MATCH_THRS_LIST:
+        taken = [False] * n_gt
+        matched, ignored = [], []
+        for row in ious:
+            best, m = threshold, -1
+            for g in range(n_gt):
+                if taken[g]:
+                    continue
+                if m > -1 and not gt_ignored[m] and gt_ignored[g]:
+                    break
+                if row[g] < best:
+                    continue
+                best, m = row[g], g
+            if m == -1:
+                matched.append(False)
+                ignored.append(False)
+                continue
+            taken[m] = True
+            matched.append(True)
+            ignored.append(gt_ignored[m])
+        matched_all.append(matched)
+        ignored_all.append(ignored)
+    return matched_all, ignored_all
 
 
 def _category_precision(dt: np.ndarray, gt: np.ndarray) -> np.ndarray | None:
@@ -91,32 +121,19 @@ def _category_precision(dt: np.ndarray, gt: np.ndarray) -> np.ndarray | None:
     n_valid_gt = int(np.count_nonzero(~gt_ignored))
     if n_valid_gt == 0:
         return None
+    n_thr, n_dt = len(IOU_THRS), dt.shape[0]
+    precision = np.zeros((n_thr, len(REC_THRS)))
+    if n_dt == 0:
+        return precision
     dt_area = dt[:, 2] * dt[:, 3]
     dt_outside = (dt_area < AREA_ALL[0]) | (dt_area > AREA_ALL[1])
-
-    n_thr, n_dt, n_gt = len(IOU_THRS), dt.shape[0], gt.shape[0]
-    gt_taken = np.zeros((n_thr, n_gt), dtype=bool)
-    dt_matched = np.zeros((n_thr, n_dt), dtype=bool)
-    dt_ignored = np.zeros((n_thr, n_dt), dtype=bool)
-    if n_dt and n_gt:
-        ious = _bb_iou(dt, gt)
-        for d in range(n_dt):
-            row = ious[d]
-            eligible = ~gt_taken & (row[None, :] >= _MATCH_THRS[:, None])
-            choice = _last_best(eligible & ~gt_ignored[None, :], row)
-            fallback = _last_best(eligible & gt_ignored[None, :], row)
-            choice = np.where(choice >= 0, choice, fallback)
-            hit = np.nonzero(choice >= 0)[0]
-            gt_taken[hit, choice[hit]] = True
-            dt_matched[hit, d] = True
-            dt_ignored[hit, d] = gt_ignored[choice[hit]]
+    matched_list, ignored_list = _greedy_match(_bb_iou(dt, gt).tolist(), gt_ignored.tolist())
+    dt_matched = np.array(matched_list, dtype=bool).reshape(n_thr, n_dt)
+    dt_ignored = np.array(ignored_list, dtype=bool).reshape(n_thr, n_dt)
     dt_ignored |= ~dt_matched & dt_outside[None, :]
 
     tp = np.cumsum(dt_matched & ~dt_ignored, axis=1).astype(float)
     fp = np.cumsum(~dt_matched & ~dt_ignored, axis=1).astype(float)
-    precision = np.zeros((n_thr, len(REC_THRS)))
-    if n_dt == 0:
-        return precision
     recall = tp / n_valid_gt
     pr = tp / (fp + tp + _EPS)
     pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]

@@ -25,6 +25,7 @@ in the released data) and the `iou_first_*` report scores.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,11 +88,25 @@ RELEASE_SUB_SCORE_NAMES: dict[str, str] = {
 DETECTION_SUB_SCORES: tuple[str, ...] = tuple(RELEASE_SUB_SCORE_NAMES)
 
 
+@functools.lru_cache(maxsize=8)
+def _answer_boxes(completion: str) -> tuple[Box, ...] | None:
+    """`parse_answer_boxes`, remembered for the last few texts: the format check and the accuracy of one completion
+    both need its boxes, and parsing a long answer is a large share of this verifier's time."""
+    boxes = parse_answer_boxes(completion)
+    return None if boxes is None else tuple(boxes)
+
+
+def completion_boxes(completion: str) -> list[Box] | None:
+    """The boxes of a completion's first answer block (a fresh list), or None."""
+    boxes = _answer_boxes(completion)
+    return None if boxes is None else list(boxes)
+
+
 def detection_format_reward(completion: str) -> float:
     """1.0 iff an answer opening tag is present, the closing tag occurs once, and a valid box parses."""
     if completion.count("\n<answer>\n") == 0 or completion.count("\n</answer>") != 1:
         return 0.0
-    return 1.0 if parse_answer_boxes(completion) is not None else 0.0
+    return 1.0 if _answer_boxes(completion) is not None else 0.0
 
 
 def size_penalty(n_pred: int, n_gold: int) -> float:
@@ -231,7 +246,8 @@ def detection_scores(
     return accuracy, {key: subs[key] for key in DETECTION_SUB_SCORES}
 
 
-def _image_size(ctx: ScoringContext) -> tuple[float, float]:
+def model_image_size(ctx: ScoringContext) -> tuple[float, float]:
+    """(width, height) of the image as the model saw it, or Unverifiable when the context has no usable size."""
     size = ctx.image_size
     if size is None:
         raise Unverifiable(
@@ -275,11 +291,11 @@ class DetectionVerifier(Verifier):
         ratio = spec.verifier_parm.det_reward_ratio
         if ratio is None:  # prepare() has already reported this; kept for direct callers
             raise Unverifiable("reward_model.verifier_parm.det_reward_ratio is missing")
-        preds = parse_answer_boxes(completion)
+        preds = completion_boxes(completion)
         if preds is None:
             return detection_scores([], gold, ratio, [])
         if spec.verifier_parm.det_verifier_normalized:  # None counts as false, the release's default
-            preds = normalize_boxes(preds, *_image_size(ctx))
+            preds = normalize_boxes(preds, *model_image_size(ctx))
             if not preds:
                 return detection_scores([], gold, ratio, [])
         try:

@@ -85,9 +85,14 @@ class PreparedGold:
 
 
 class Verifier(ABC):
-    """Base class of all verifiers; subclasses register with `@register_verifier(name)`."""
+    """Base class of all verifiers; subclasses register with `@register_verifier(name)`.
+
+    `accuracy_range` is the documented range of the accuracy reward (the fuzz tests hold every verifier to it);
+    the format reward always lies in [0, 1].
+    """
 
     name: ClassVar[str] = ""
+    accuracy_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
     def check_params(self, spec: RewardSpec) -> list[tuple[str, str]]:
         """Verifier-specific parameter problems as (dotted field, message); cheap, no gold parsing."""
@@ -96,6 +101,15 @@ class Verifier(ABC):
     @abstractmethod
     def format_reward(self, completion: str, spec: RewardSpec) -> float:
         """The format reward in [0, 1]. Must not raise for any string."""
+
+    def warm_up(self, gold: Any) -> None:
+        """Load what scoring will need (data files, models) once the gold is parsed: scoring calls this when it
+        resolves a spec, so the cost is not charged to the first completion's time limit. Default: nothing."""
+        return None
+
+    def format_score(self, completion: str, spec: RewardSpec, prepared: PreparedGold) -> float:
+        """The format reward given the prepared gold; verifiers whose format check has parameters override this."""
+        return self.format_reward(completion, spec)
 
     @abstractmethod
     def parse_gold(self, spec: RewardSpec) -> Any:
@@ -144,11 +158,11 @@ class Verifier(ABC):
         ctx = ctx if ctx is not None else ScoringContext()
         if not isinstance(completion, str):
             return VerifierOutput(0.0, None, {}, f"completion is not text: {type(completion).__name__}")
+        prepared = prepared if prepared is not None else self.prepare(spec)
         try:
-            fmt = float(self.format_reward(completion, spec))
+            fmt = float(self.format_score(completion, spec, prepared))
         except Exception as exc:  # a verifier bug; the sample is not scored rather than scored 0
             return VerifierOutput(0.0, None, {}, f"{self.name} format check failed: {type(exc).__name__}: {exc}")
-        prepared = prepared if prepared is not None else self.prepare(spec)
         if prepared.reason is not None:
             return VerifierOutput(fmt, None, {}, prepared.reason)
         try:

@@ -1,50 +1,57 @@
-"""The reward router: per sample, look up the spec's verifier, score, and combine format and accuracy.
+"""The reward router: the TRL reward function that scores every row with its own verifier(s), in worker processes.
 
-`final = acc * a / (a + f) + fmt * f / (a + f)` with a = accuracy_ratio and f = format_ratio (the release's
-formula, in its order of operations). Where the release turns every error into an all-zero reward, this router
-returns None for the sample (TRL then leaves it out of the reward statistics and the loss) together with the
-reason, and counts such samples: an unknown verifier, a spec that does not parse, a gold that does not parse, a
-detection row without image size or training progress. A readers' pre-flight check (`validate_reward_spec`)
-catches spec problems before training; this is the safety net, never a crash and never a silent 0.
+Per sample, the spec's verifier scores the completion and the router combines format and accuracy with the row's
+ratios (`rewards/scoring.py`: the Orsta single-verifier form `final = acc * a / (a + f) + fmt * f / (a + f)`, the
+release's formula, or the multi-verifier form's weighted accuracy). Where the release turns every error into an
+all-zero reward, this router returns None for the sample (TRL then leaves it out of the reward statistics and the
+loss) together with the reason, and counts such samples: an unknown verifier, a spec or gold that does not parse,
+a detection row without image size or progress, a completion whose scoring ran past the time limit or killed its
+worker. A reader's pre-flight check (`validate_reward_spec`) catches spec problems before training; this is the
+safety net, never a crash, never a hung step and never a silent 0.
+
+Speed, per call: identical (spec, image size, completion) triples are scored once; completions are sent to the
+workers grouped by spec, so each prompt group's gold is parsed once; the workers (`workers`, default 2) score in
+parallel, each completion bounded by `time_limit` seconds (`rewards/pool.py`). `workers=0` scores in this process,
+with no time limit beyond math-verify's own (for debugging).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
-from triune_trl.errors import RewardSpecError
 from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
-from triune_trl.rewards.registry import PreparedGold, ScoringContext, Verifier, get_verifier
-from triune_trl.rewards.spec import RewardSpec
+from triune_trl.rewards.pool import Job, JobResult, ScoringPool, score_jobs_in_process
+from triune_trl.rewards.registry import ScoringContext
+from triune_trl.rewards.scoring import check_reward_spec, combine_rewards, resolve, score_text, spec_key, unverifiable
 
-__all__ = ["RewardRouter", "combine_rewards", "completion_text", "score_sample", "validate_reward_spec"]
+__all__ = [
+    "DEFAULT_TIME_LIMIT",
+    "DEFAULT_WORKERS",
+    "RewardRouter",
+    "combine_rewards",
+    "completion_text",
+    "score_sample",
+    "validate_reward_spec",
+]
 
 logger = logging.getLogger(__name__)
 
-
-def combine_rewards(accuracy: float, format_reward: float, accuracy_ratio: float, format_ratio: float) -> float:
-    """`acc * a / (a + f) + fmt * f / (a + f)`, operation for operation as the release's server."""
-    total = accuracy_ratio + format_ratio
-    return accuracy * (accuracy_ratio / total) + format_reward * (format_ratio / total)
+DEFAULT_WORKERS = 2
+DEFAULT_TIME_LIMIT = 10.0
 
 
 def validate_reward_spec(reward_model: Any) -> list[tuple[str, str]]:
     """Problems that would make every completion of this `reward_model` unverifiable, as (dotted field, message).
 
     Readers call this before training so a bad row stops the run with its file, row and field named. Empty list:
-    the spec parses, its verifier exists, its parameters are valid and its gold parses.
+    the spec parses (either form), its verifiers exist, their parameters are valid and the gold parses for each.
     """
-    try:
-        spec = RewardSpec.from_dict(reward_model)
-        verifier = get_verifier(spec.verifier)
-    except RewardSpecError as exc:
-        return [(exc.field, exc.message)]
-    return verifier.check_spec(spec)
+    return check_reward_spec(reward_model)
 
 
 def _content_text(content: Any) -> str:
@@ -85,67 +92,6 @@ def completion_text(completion: Any) -> str:
     return "".join(_content_text(message.get("content")) for message in (assistant or messages))
 
 
-@dataclass(frozen=True)
-class _Resolved:
-    """A reward spec resolved once per call: parsed spec, its verifier and prepared gold, or why not."""
-
-    spec: RewardSpec | None = None
-    verifier: Verifier | None = None
-    prepared: PreparedGold | None = None
-    error: str | None = None
-
-
-def _resolve(reward_model: Any) -> _Resolved:
-    try:
-        spec = RewardSpec.from_dict(reward_model)
-    except RewardSpecError as exc:
-        return _Resolved(error=f"invalid reward spec: {exc}")
-    try:
-        verifier = get_verifier(spec.verifier)
-    except RewardSpecError as exc:
-        return _Resolved(spec=spec, error=str(exc))
-    return _Resolved(spec=spec, verifier=verifier, prepared=verifier.prepare(spec))
-
-
-def _spec_key(reward_model: Any) -> str | None:
-    """A key under which identical specs share their parsed gold; None when the spec cannot be keyed."""
-    try:
-        return json.dumps(reward_model, sort_keys=True, default=repr)
-    except (TypeError, ValueError):
-        return None
-
-
-def _unverifiable(reason: str, format_reward: float | None = None) -> dict[str, Any]:
-    return {
-        "final_reward": None,
-        "format_reward": format_reward,
-        "accuracy_reward": None,
-        "unverifiable_reason": reason,
-    }
-
-
-def _score(completion: Any, resolved: _Resolved, ctx: ScoringContext) -> dict[str, Any]:
-    """One score dict: final/format/accuracy rewards, the reason when unverifiable, then the sub-scores."""
-    spec, verifier = resolved.spec, resolved.verifier
-    if resolved.error is not None or spec is None or verifier is None:
-        return _unverifiable(resolved.error or "the reward spec could not be resolved")
-    try:
-        text = completion_text(completion)
-    except TypeError as exc:
-        return _unverifiable(f"unreadable completion: {exc}")
-    out = verifier.score(text, spec, ctx, prepared=resolved.prepared)
-    final = None
-    if out.accuracy_reward is not None:
-        final = combine_rewards(out.accuracy_reward, out.format_reward, spec.accuracy_ratio, spec.format_ratio)
-    return {
-        "final_reward": final,
-        "format_reward": out.format_reward,
-        "accuracy_reward": out.accuracy_reward,
-        "unverifiable_reason": out.unverifiable_reason,
-        **out.sub_scores,
-    }
-
-
 def score_sample(
     completion: Any,
     reward_model: Any,
@@ -161,6 +107,9 @@ def score_sample(
     None too), `unverifiable_reason` (None when verified) and the verifier's sub-scores. `format_reward` is None
     only when no verifier could be found for the spec. Raises ValueError only for an invalid `iou_threshold` (a
     caller's setting, not a sample's problem).
+
+    This scores in the calling process, without a time limit beyond math-verify's own (main thread only): for
+    model output in volume use `RewardRouter` or a `ScoringPool`, which score in worker processes.
     """
     ctx = ScoringContext(
         # converted when it is a pair; anything else reaches the verifier, which reports it as unverifiable
@@ -169,7 +118,11 @@ def score_sample(
         total_steps=total_steps,
         iou_threshold=parse_iou_threshold(iou_threshold),
     )
-    return _score(completion, _resolve(reward_model), ctx)
+    try:
+        text = completion_text(completion)
+    except TypeError as exc:
+        return unverifiable(f"unreadable completion: {exc}")
+    return score_text(text, resolve(reward_model), ctx)
 
 
 def _first_image_size(sizes: Any) -> tuple | None:
@@ -189,21 +142,61 @@ def _mean(values: Sequence[float]) -> float:
 
 
 class RewardRouter:
-    """The TRL reward function (`__name__ == "triune"`) that scores every row with its own verifier.
+    """The TRL reward function (`__name__ == "triune"`) that scores every row with its own verifier(s).
 
     Called by `GRPOTrainer` with the batch's completions and dataset columns; returns one float, or None for an
     unverifiable sample, per completion. Training progress for the dynamic IoU threshold comes from
     `set_progress` (driven by `DynamicIoUCallback`), else from `trainer_state` (`global_step + 1`, `max_steps`).
     Each call logs through `log_metric` the batch means of `rewards/format`, `rewards/accuracy` and
-    `rewards/<sub-score>` (over verified samples) plus `rewards/unverifiable_count` / `_fraction`, and keeps the
-    per-sample score dicts on `last_scores`.
+    `rewards/<sub-score>` (over verified samples), `rewards/unverifiable_count` / `_fraction`, and, with workers,
+    `rewards/timeout_count`, `rewards/worker_crash_count` and `rewards/scoring_seconds`; it keeps the per-sample
+    score dicts on `last_scores`.
+
+    `workers` worker processes (0: score in this process) score with a per-sample `time_limit` in seconds. They
+    start on the first call and stop with `close()`, when the router is garbage-collected, or at exit.
     """
 
-    def __init__(self, iou_threshold: IouThreshold | str = "dynamic"):
+    def __init__(
+        self,
+        iou_threshold: IouThreshold | str = "dynamic",
+        *,
+        workers: int = DEFAULT_WORKERS,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+    ):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+        if isinstance(time_limit, bool) or not isinstance(time_limit, Real) or not time_limit > 0:
+            raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
         self.__name__ = "triune"
         self.iou_threshold = parse_iou_threshold(iou_threshold)
+        self.workers = workers
+        self.time_limit = float(time_limit)
         self._progress: tuple[int, int] | None = None
+        self._pool: ScoringPool | None = None
         self.last_scores: list[dict[str, Any]] = []
+        self.last_results: list[JobResult] = []  # per distinct (spec, image size, completion) of the last call
+        self.last_status: Counter[str] = Counter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the settings, not the worker processes (a copy starts its own)."""
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
+
+    @property
+    def pool(self) -> ScoringPool | None:
+        """The worker pool (None with `workers=0`); started on first use."""
+        if self.workers == 0:
+            return None
+        if self._pool is None:
+            self._pool = ScoringPool(self.workers, self.time_limit)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (a later call starts new ones)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     @property
     def progress(self) -> tuple[int, int] | None:
@@ -222,6 +215,11 @@ class RewardRouter:
         if isinstance(global_step, int) and isinstance(max_steps, int) and max_steps > 0:
             return global_step + 1, max_steps
         return None, None
+
+    def score_jobs(self, jobs: Sequence[Job]) -> list[JobResult]:
+        """Score jobs in the workers (or in process with `workers=0`); one result per job, in order."""
+        pool = self.pool
+        return score_jobs_in_process(jobs) if pool is None else pool.score(jobs)
 
     def __call__(
         self,
@@ -242,39 +240,55 @@ class RewardRouter:
             raise ValueError(f"{len(completions)} completions but {len(reward_model)} reward_model entries")
         if image_sizes is not None and len(image_sizes) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(image_sizes)} image_sizes entries")
+        started = time.perf_counter()
         step, total_steps = self._call_progress(trainer_state)
 
-        resolved: dict[str, _Resolved] = {}
-        scores = []
+        jobs: list[Job] = []
+        seen: dict[tuple, int] = {}
+        slots: list[int | dict[str, Any]] = []  # per row: a job index, or the score dict of an unreadable row
         for index, completion in enumerate(completions):
-            key = _spec_key(reward_model[index])
-            if key is None:
-                spec = _resolve(reward_model[index])
-            else:
-                if key not in resolved:
-                    resolved[key] = _resolve(reward_model[index])
-                spec = resolved[key]
-            ctx = ScoringContext(
-                image_size=_first_image_size(image_sizes[index]) if image_sizes is not None else None,
-                step=step,
-                total_steps=total_steps,
-                iou_threshold=self.iou_threshold,
-            )
-            scores.append(_score(completion, spec, ctx))
+            try:
+                text = completion_text(completion)
+            except TypeError as exc:
+                slots.append(unverifiable(f"unreadable completion: {exc}"))
+                continue
+            size = _first_image_size(image_sizes[index]) if image_sizes is not None else None
+            ctx = ScoringContext(image_size=size, step=step, total_steps=total_steps, iou_threshold=self.iou_threshold)
+            key = spec_key(reward_model[index])
+            identity = None if key is None else (key, _hashable(size), text)
+            if identity is not None and identity in seen:
+                slots.append(seen[identity])
+                continue
+            if identity is not None:
+                seen[identity] = len(jobs)
+            slots.append(len(jobs))
+            jobs.append(Job(text, reward_model[index], ctx, key))
 
+        results = self.score_jobs(jobs)
+        self.last_results = results
+        self.last_status = Counter(result.status for result in results)
+        scores = [dict(slot) if isinstance(slot, dict) else dict(results[slot].scores) for slot in slots]
         self.last_scores = scores
-        self._report(scores, log_metric)
+        self._report(scores, log_metric, time.perf_counter() - started)
         return [score["final_reward"] for score in scores]
 
-    @staticmethod
-    def _report(scores: list[dict[str, Any]], log_metric: Callable[[str, float], None] | None) -> None:
-        unverifiable = [score for score in scores if score["accuracy_reward"] is None]
-        if unverifiable:
+    def _report(
+        self, scores: list[dict[str, Any]], log_metric: Callable[[str, float], None] | None, seconds: float
+    ) -> None:
+        unverifiable_scores = [score for score in scores if score["accuracy_reward"] is None]
+        if unverifiable_scores:
             logger.warning(
                 "%d of %d completions are unverifiable (reward None); first reason: %s",
-                len(unverifiable),
+                len(unverifiable_scores),
                 len(scores),
-                unverifiable[0]["unverifiable_reason"],
+                unverifiable_scores[0]["unverifiable_reason"],
+            )
+        if self.last_status["timeout"] or self.last_status["crash"]:
+            logger.warning(
+                "reward scoring: %d completion(s) ran past the %g s time limit, %d killed their worker",
+                self.last_status["timeout"],
+                self.time_limit,
+                self.last_status["crash"],
             )
         if log_metric is None or not scores:
             return
@@ -289,5 +303,18 @@ class RewardRouter:
         for name in sub_names:
             values = [score[name] for score in verified if name in score]
             log_metric(f"rewards/{name}", _mean(values))
-        log_metric("rewards/unverifiable_count", float(len(unverifiable)))
-        log_metric("rewards/unverifiable_fraction", len(unverifiable) / len(scores))
+        log_metric("rewards/unverifiable_count", float(len(unverifiable_scores)))
+        log_metric("rewards/unverifiable_fraction", len(unverifiable_scores) / len(scores))
+        if self.workers:
+            log_metric("rewards/timeout_count", float(self.last_status["timeout"]))
+            log_metric("rewards/worker_crash_count", float(self.last_status["crash"]))
+        log_metric("rewards/scoring_seconds", seconds)
+
+
+def _hashable(value: Any) -> Any:
+    """A hashable stand-in for an image size (a tuple of numbers, or its repr for anything odd)."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)

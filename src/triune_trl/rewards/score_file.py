@@ -8,11 +8,12 @@ Output, one line per input line in the same order: the input object plus `final_
 
 Every line is validated before anything is written, and problems a file can be fixed for stop the command with
 `InputLineError(path, line, message)`: bad JSON, a missing or mistyped field, a `reward_model` that does not parse,
-and inputs a row provably needs — a detection row needs `step` and `total_steps` when the threshold is "dynamic"
-(pass a fixed threshold or "average" to score without progress) and `image_size` when its coordinates are
-normalised. What only scoring can tell (an unknown verifier, a gold that does not parse) is reported per line as
-unverifiable, like in training. The output is written to a temporary file and moved into place, so a failure never
-leaves a half-written output.
+and inputs a row provably needs — a detection (or thresholded grounding) row needs `step` and `total_steps` when
+the threshold is "dynamic" (pass a fixed threshold or "average" to score without progress) and `image_size` when
+its coordinates are normalised. What only scoring can tell (an unknown verifier, a gold that does not parse, a
+completion that runs past the time limit) is reported per line as unverifiable, like in training. Lines are scored
+in `workers` worker processes with a per-completion `time_limit`, like training (`rewards/pool.py`). The output is
+written to a temporary file and moved into place, so a failure never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -25,12 +26,19 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from triune_trl.errors import InputLineError, RewardSpecError
 from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
-from triune_trl.rewards.router import score_sample
+from triune_trl.rewards.pool import Job, ScoringPool, score_jobs_in_process
+from triune_trl.rewards.registry import ScoringContext
+from triune_trl.rewards.router import DEFAULT_TIME_LIMIT, DEFAULT_WORKERS
+from triune_trl.rewards.scoring import spec_key
 from triune_trl.rewards.spec import RewardSpec
 
 __all__ = ["score_jsonl"]
+
+BOX_VERIFIERS = ("detection", "grounding")  # verifiers that read the IoU threshold and the image size
 
 
 def _is_int(value: Any) -> bool:
@@ -72,14 +80,17 @@ def _check_record(record: Any, threshold: IouThreshold) -> str | None:
     if (step is None) != (total is None):
         return "'step' and 'total_steps' must be given together"
 
-    if spec.verifier == "detection":
-        if threshold == "dynamic" and step is None:
+    for view in [spec.component(entry) for entry in spec.entries] if spec.is_multi else [spec]:
+        if view.verifier not in BOX_VERIFIERS:
+            continue
+        thresholded = view.verifier == "detection" or view.verifier_parm.extra.get("mode") != "continuous"
+        if threshold == "dynamic" and step is None and thresholded:
             return (
-                "a detection row needs 'step' and 'total_steps' for the dynamic IoU threshold "
+                f"a {view.verifier} row needs 'step' and 'total_steps' for the dynamic IoU threshold "
                 "(or score with a fixed threshold or 'average')"
             )
-        if spec.verifier_parm.det_verifier_normalized and size is None:
-            return "a detection row with det_verifier_normalized needs 'image_size' [width, height] of the image"
+        if view.verifier_parm.det_verifier_normalized and size is None:
+            return f"a {view.verifier} row with det_verifier_normalized needs 'image_size' [width, height] of the image"
     return None
 
 
@@ -101,27 +112,49 @@ def _read_records(path: Path, threshold: IouThreshold) -> list[dict[str, Any]]:
     return records
 
 
+def _jobs(records: list[dict[str, Any]], threshold: IouThreshold) -> list[Job]:
+    jobs = []
+    for record in records:
+        size = record.get("image_size")
+        ctx = ScoringContext(
+            image_size=None if size is None else tuple(size),
+            step=record.get("step"),
+            total_steps=record.get("total_steps"),
+            iou_threshold=threshold,
+        )
+        jobs.append(Job(record["completion"], record["reward_model"], ctx, spec_key(record["reward_model"])))
+    return jobs
+
+
 def score_jsonl(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
     iou_threshold: IouThreshold | str = "dynamic",
+    workers: int = DEFAULT_WORKERS,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    progress: bool = False,
 ) -> int:
-    """Score every line of `input_path` into `output_path`; returns the number of lines written."""
+    """Score every line of `input_path` into `output_path`; returns the number of lines written.
+
+    `workers` processes score with a per-completion `time_limit` (seconds); `workers=0` scores in this process.
+    `progress` shows a progress bar on stderr.
+    """
     threshold = parse_iou_threshold(iou_threshold)
     source, target = Path(input_path), Path(output_path)
     records = _read_records(source, threshold)
-    lines = []
-    for record in records:
-        scores = score_sample(
-            record["completion"],
-            record["reward_model"],
-            image_size=record.get("image_size"),
-            step=record.get("step"),
-            total_steps=record.get("total_steps"),
-            iou_threshold=threshold,
-        )
-        lines.append(json.dumps({**record, **scores}, ensure_ascii=False))
+    jobs = _jobs(records, threshold)
+    with tqdm(total=len(jobs), desc="scoring", unit="completion", disable=not progress) as bar:
+        if workers == 0:
+            results = score_jobs_in_process(jobs)
+            bar.update(len(jobs))
+        else:
+            with ScoringPool(workers, time_limit) as pool:
+                results = pool.score(jobs, progress=bar)
+    lines = [
+        json.dumps({**record, **result.scores}, ensure_ascii=False)
+        for record, result in zip(records, results, strict=True)
+    ]
 
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
