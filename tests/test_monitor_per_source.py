@@ -170,3 +170,13 @@ def test_eval_table_from_evaluate_metrics(tmp_path):
     assert md_path.read_text().startswith("- model: `m`")
     payload = json.loads(json_path.read_text())
     assert payload["sources"]["b"]["reward_map"] == 0.7 and payload["split"] == "test"
+
+
+def test_multi_verifier_rows_get_the_iou_threshold_when_any_verifier_uses_boxes():
+    from triune_trl.monitoring.collector import _uses_iou
+
+    multi = {"verifier": [{"name": "grounding", "weight": 1.0}, {"name": "length", "weight": 0.1}]}
+    assert _uses_iou(multi)
+    assert _uses_iou({"verifier": "detection"})
+    assert not _uses_iou({"verifier": [{"name": "mathverify", "weight": 1.0}]})
+    assert not _uses_iou({"verifier": "mathverify"}) and not _uses_iou(None)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..rewards.iou_schedule import iou_thresholds
 from ..rewards.router import completion_text
+from ..rewards.spec import verifier_names
 from .per_source import SampleRecord, aggregate, group_zero_std_flags, numeric_sub_scores
 from .reflection import reflection_counts
 
@@ -43,8 +44,9 @@ def current_iou_threshold(router: Any, trainer_state: Any = None) -> float | Non
     return sum(taus) / len(taus)
 
 
-def _verifier_name(reward_model: Any) -> str | None:
-    return reward_model.get("verifier") if isinstance(reward_model, Mapping) else None
+def _uses_iou(reward_model: Any) -> bool:
+    """Whether any verifier of the row (single or multi-verifier form) scores boxes against an IoU threshold."""
+    return any(name in IOU_VERIFIERS for name in verifier_names(reward_model))
 
 
 def _text(completion: Any) -> str:
@@ -87,7 +89,7 @@ class SourceMonitor:
         records = []
         rows = zip(inputs, completions, completion_ids, scores, strict=True)
         for index, (row, completion, ids, score) in enumerate(rows):
-            verifier = _verifier_name(row.get("reward_model"))
+            uses_iou = _uses_iou(row.get("reward_model"))
             records.append(
                 SampleRecord(
                     data_source=str(row.get("data_source", "unknown")),
@@ -98,7 +100,7 @@ class SourceMonitor:
                     clipped=bool(len(ids)) and ids[-1] not in stops,
                     reflection_counts=reflection_counts(_text(completion)),
                     sub_scores=numeric_sub_scores(score),
-                    iou_threshold=iou_threshold if verifier in IOU_VERIFIERS else None,
+                    iou_threshold=iou_threshold if uses_iou else None,
                     vision_pads_replaced=vision_pads_replaced[index] if vision_pads_replaced else 0,
                 )
             )
