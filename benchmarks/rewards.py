@@ -25,8 +25,6 @@ whether a second core happens to be free.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import platform
@@ -42,6 +40,7 @@ from tqdm.auto import tqdm
 from triune_trl.rewards import RewardRouter
 from triune_trl.rewards.boxes import iou_matrix, normalize_boxes, parse_answer_boxes
 from triune_trl.rewards.coco_map import CocoMap, coco_map
+from triune_trl.rewards.coco_reference import pycocotools_map as reference_map
 from triune_trl.rewards.detection import match_iou_first, match_label_first, size_penalty, threshold_scores
 from triune_trl.rewards.iou_schedule import IOU_THRESHOLDS, dynamic_iou_threshold
 from triune_trl.rewards.mathverify import math_format_reward
@@ -180,38 +179,11 @@ def make_batch(size: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def pycocotools_map(preds, gold) -> CocoMap:
-    """The release's `pack_for_map_score`: a one-image COCO dataset and a COCOeval per call."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    categories: dict[str, int] = {}
-    gt_json: dict[str, Any] = {"annotations": [], "images": [{"id": 0, "file_name": "fake_image_0.jpg"}],
-                               "categories": []}  # fmt: skip
-    for index, box in enumerate(gold):
-        if box.label not in categories:
-            categories[box.label] = len(categories)
-            gt_json["categories"].append({"id": categories[box.label], "name": box.label})
-        x1, y1, x2, y2 = box.coords
-        gt_json["annotations"].append({"id": index + 1, "image_id": 0, "category_id": categories[box.label],
-                                       "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                       "iscrowd": 0})  # fmt: skip
-    detections = []
-    for box in preds:
-        if box.label in categories:
-            x1, y1, x2, y2 = box.coords
-            detections.append({"image_id": 0, "category_id": categories[box.label], "score": 1.0,
-                               "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})  # fmt: skip
-    if not detections:
-        return CocoMap(0.0, 0.0, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):  # COCO and summarize() print, as in the release's server log
-        coco_gt = COCO()
-        coco_gt.dataset = gt_json
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return CocoMap(*(float(v) for v in evaluator.stats[:3]))
+    """The release's `pack_for_map_score` (one COCO dataset and COCOeval per call) on parsed `Box` lists."""
+    return reference_map(
+        [box.coords for box in preds], [box.label for box in preds],
+        [box.coords for box in gold], [box.label for box in gold],
+    )  # fmt: skip
 
 
 def _reference_detection(text: str, spec: RewardSpec, image_size: list[int]) -> float:

@@ -2,59 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import random
 
 import pytest
 
 from triune_trl.rewards.coco_map import coco_map
+from triune_trl.rewards.coco_reference import pycocotools_map
 
-pycocotools = pytest.importorskip("pycocotools")
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
+pytest.importorskip("pycocotools")
 
 
 def release_map(preds: list[tuple[list[float], str]], gold: list[tuple[list[float], str]]) -> tuple[float, ...]:
-    """The release's recipe: a one-image COCO set, categories from the gold labels, every score 1.0."""
-    gt_json = {"annotations": [], "images": [{"id": 0, "file_name": "fake_image_0.jpg"}], "categories": []}
-    category_ids: dict[str, int] = {}
-    for index, ((x1, y1, x2, y2), label) in enumerate(gold):
-        if label not in category_ids:
-            category_ids[label] = len(category_ids)
-            gt_json["categories"].append({"id": category_ids[label], "name": label})
-        gt_json["annotations"].append(
-            {
-                "id": index + 1,
-                "image_id": 0,
-                "category_id": category_ids[label],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
-                "iscrowd": 0,
-            }
-        )
-    detections = [
-        {
-            "image_id": 0,
-            "category_id": category_ids[label],
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "score": 1.0,
-            "area": (x2 - x1) * (y2 - y1),
-        }
-        for (x1, y1, x2, y2), label in preds
-        if label in category_ids
-    ]
-    if not detections:  # the release returns 0 here; pycocotools cannot load an empty result list
-        return (0.0, 0.0, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt_json
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return tuple(float(value) for value in evaluator.stats[:3])
+    """The release's recipe (pycocotools per call) on (box, label) pairs."""
+    result = pycocotools_map(
+        [b for b, _ in preds], [label for _, label in preds], [b for b, _ in gold], [lb for _, lb in gold]
+    )
+    return (result.map, result.map50, result.map75)
 
 
 def ours(preds, gold) -> tuple[float, ...]:
