@@ -30,6 +30,10 @@ install_requires = [
     "sacrebleu>=2.4",
     "rouge-score>=0.1.2",
     "nltk>=3.9",
+    # the reward server (`triune serve-rewards`) and its async client (the remote TRL reward function)
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "httpx>=0.27",
 ]
 
 extras_require = {

@@ -4,6 +4,7 @@
     triune tiny-model OUT
     triune data make-sample OUT
     triune reward score --input IN.jsonl --output OUT.jsonl
+    triune serve-rewards --port 8192 --workers 4 [--token-file F]
 
 Each package registers its own subcommands (`data/cli.py`, `rewards/cli.py`, ...); this module only assembles them.
 Heavy imports (torch, transformers, TRL) happen inside each command so `triune --help` answers at once. Errors
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import register as register_data
     from .monitoring.cli import register as register_monitoring
     from .rewards.cli import register as register_rewards
+    from .server.cli import register as register_server
 
     parser = argparse.ArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_data(commands)
     register_rewards(commands)
     register_monitoring(commands)
+    register_server(commands)
     return parser
 
 

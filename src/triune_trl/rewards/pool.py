@@ -316,6 +316,11 @@ class ScoringPool:
                 worker.ready = True
             waiting = [worker for worker in waiting if not worker.ready]
 
+    def start(self) -> None:
+        """Start the workers now rather than on the first call (a server does this before it takes requests)."""
+        with self._lock:
+            self._ensure_workers()
+
     def _ensure_workers(self) -> None:
         started = [self._spawn() for _ in range(self.workers - len(self._pool))]
         self._pool.extend(started)
