@@ -22,7 +22,7 @@ import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -179,8 +179,18 @@ def _parse_items(raw: bytes, max_items: int) -> tuple[list[Any], list[ScoreItem]
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
 
 
-def create_app(settings: ServerSettings | None = None) -> FastAPI:
-    """The app; its worker processes start with the app's lifespan and stop with it."""
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app; its worker processes start with the app's lifespan and stop with it.
+
+    `on_ready` runs once the workers are up (the CLI writes its discovery file then, so a trainer never finds a
+    server that cannot score yet); `on_stop` runs at shutdown, also on SIGTERM/SIGINT, after which uvicorn
+    re-raises the signal and the process ends without running anything else.
+    """
     settings = settings or ServerSettings()
 
     @asynccontextmanager
@@ -195,8 +205,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.pool = pool
         app.state.scorer = BatchScorer(score, max_batch=settings.max_scoring_batch)
         try:
+            if on_ready is not None:
+                on_ready()
             yield
         finally:
+            if on_stop is not None:
+                on_stop()
             app.state.scorer.close()
             if pool is not None:
                 await run_in_threadpool(pool.close)

@@ -91,28 +91,34 @@ def _serve(args: argparse.Namespace) -> int:
     )
     sock = _listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level=args.log_level, access_log=args.access_log, lifespan="on")
-    )
-    registered = None
-    if args.job_id:
-        from triune_trl.server.discovery import register_server
+    registered: list[Path] = []
 
-        registered = register_server(args.job_id, args.host, port, args.discovery_dir)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"triune reward server: http://{host}:{port} ({args.workers} scoring workers, IoU threshold {threshold}, "
-        f"{'token required' if token else 'no token'})"
-        + (f"; discovery file {registered}" if registered else ""),
-        flush=True,
-    )
+    def announce() -> None:
+        """Once the workers are up: the discovery file (if asked for) and one line saying where to connect."""
+        if args.job_id:
+            from triune_trl.server.discovery import register_server
+
+            registered.append(register_server(args.job_id, args.host, port, args.discovery_dir))
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(
+            f"triune reward server: http://{host}:{port} ({args.workers} scoring workers, IoU threshold "
+            f"{threshold}, {'token required' if token else 'no token'})"
+            + (f"; discovery file {registered[0]}" if registered else ""),
+            flush=True,
+        )
+
+    def withdraw() -> None:
+        from triune_trl.server.discovery import unregister_server
+
+        for path in registered:
+            unregister_server(path)
+
+    app = create_app(settings, on_ready=announce, on_stop=withdraw)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, lifespan="on"))
     try:
         server.run(sockets=[sock])
     finally:
-        if registered is not None:
-            from triune_trl.server.discovery import unregister_server
-
-            unregister_server(registered)
+        withdraw()  # a start-up failure after the file was written; a signal stop already withdrew it
     return 0 if server.started else 1
 
 
