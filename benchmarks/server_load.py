@@ -138,9 +138,13 @@ async def _load(url: str, items: list[dict[str, Any]], expected: list[float | No
         "mismatched_responses": mismatched,
         "seconds": seconds,
         "completions_per_s": requests * batch_size / seconds,
-        "latency_ms": {"p50": 1000 * percentile(0.50), "p90": 1000 * percentile(0.90),
-                       "p99": 1000 * percentile(0.99), "max": 1000 * latencies[-1] if latencies else float("nan"),
-                       "mean": 1000 * statistics.fmean(latencies) if latencies else float("nan")},  # fmt: skip
+        "latency_ms": {
+            "p50": 1000 * percentile(0.50),
+            "p90": 1000 * percentile(0.90),
+            "p99": 1000 * percentile(0.99),
+            "max": 1000 * latencies[-1] if latencies else float("nan"),
+            "mean": 1000 * statistics.fmean(latencies) if latencies else float("nan"),
+        },  # fmt: skip
     }
 
 
@@ -168,11 +172,19 @@ def run(clients: int, batches: int, batch_size: int, server_workers: int, url: s
         "server": load,
         "server_batches_merged": health.get("load", {}),
         "server_scored": health.get("scored"),
-        "in_process": {"workers": server_workers, "completions": len(rows), "seconds": in_process_seconds,
-                       "completions_per_s": len(rows) / in_process_seconds},  # fmt: skip
+        "in_process": {
+            "workers": server_workers,
+            "completions": len(rows),
+            "seconds": in_process_seconds,
+            "completions_per_s": len(rows) / in_process_seconds,
+        },  # fmt: skip
         "server_vs_in_process": load["completions_per_s"] / (len(rows) / in_process_seconds),
-        "machine": {"cpus": os.cpu_count(), "load_average_1min_at_end": os.getloadavg()[0],
-                    "python": platform.python_version(), "platform": platform.platform()},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1min_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },  # fmt: skip
     }
 
 

@@ -92,7 +92,8 @@ def test_remote_scores_equal_in_process_scores(server, sample_items):
     assert verified >= len(sample_items) // 2  # the batch is mostly verifiable: equality is not vacuous
 
     scores_only = httpx.post(f"{server.url}/v1/score?echo=false", json=sample_items, timeout=120).json()
-    assert scores_only == [{key: out[key] for key in out if key not in item} for item, out in zip(sample_items, answer)]
+    pairs = zip(sample_items, answer, strict=True)
+    assert scores_only == [{key: out[key] for key in out if key not in item} for item, out in pairs]
 
 
 def test_item_iou_threshold_overrides_the_servers(server, sample_items):
@@ -164,8 +165,9 @@ def _judge(url: str, **fields) -> httpx.Response:
 
 
 def test_judge_math_payload_uses_the_release_default_ratios(server):
-    response = _judge(server.url, response="<think>\nx\n</think>\n<answer>\n\\boxed{4}\n</answer>", answer="4",
-                      solution="\\boxed{4}", reward_verifier_parm=json.dumps({"step": 3, "total_steps": 10}))  # fmt: skip
+    completion = "<think>\nx\n</think>\n<answer>\n\\boxed{4}\n</answer>"
+    parm = json.dumps({"step": 3, "total_steps": 10})
+    response = _judge(server.url, response=completion, answer="4", solution="\\boxed{4}", reward_verifier_parm=parm)
     assert response.status_code == 200
     rewards = response.json()["rewards"]
     # no ratios in the payload: the release's defaults, accuracy 1.0 and format 0.1
@@ -175,7 +177,8 @@ def test_judge_math_payload_uses_the_release_default_ratios(server):
 
 
 def test_judge_detection_payload_as_the_release_trainer_sends_it(server):
-    gold = "<answer>\n[{'bbox_2d': [0, 466, 43, 574], 'label': 'car'}, {'bbox_2d': [15, 472, 112, 589], 'label': 'car'}]\n</answer>"
+    gold = ("<answer>\n[{'bbox_2d': [0, 466, 43, 574], 'label': 'car'}, "
+            "{'bbox_2d': [15, 472, 112, 589], 'label': 'car'}]\n</answer>")  # fmt: skip
     response_text = ("<think>\ntwo cars\n</think>\n<answer>\n[{'bbox_2d': [0,313,45,386], 'label': 'Car'},\n"
                      " {'bbox_2d': [16,317,116,396], 'label': 'Car'}]\n</answer>")  # fmt: skip
     parm = {**DET_PARM, "verifier_style": "rule", "is_training": True, "step": 1, "total_steps": 460,

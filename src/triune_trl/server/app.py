@@ -147,7 +147,9 @@ def _token_check(token: str | None) -> Any:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # both sides hashed to the same length first, so the comparison's time says nothing about the token
-        if scheme.lower() != "bearer" or not hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), expected):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            hashlib.sha256(given.strip().encode()).digest(), expected
+        ):
             request.app.state.counters["unauthorized"] += 1
             raise HTTPException(
                 status_code=401,
@@ -163,7 +165,8 @@ def _parse_items(raw: bytes, max_items: int) -> tuple[list[Any], list[ScoreItem]
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}])
+        error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
+        raise RequestValidationError([error]) from None
     if not isinstance(data, list):
         message = f"expected a JSON list of score items, got a JSON {type(data).__name__}"
         raise RequestValidationError([{"type": "list_type", "loc": ("body",), "msg": message}])
@@ -283,7 +286,8 @@ def create_app(
             raise
         request.app.state.counters["score"] += 1
         results = await scored(request, [item_job(item, settings.iou_threshold) for item in items])
-        answer = [score_response(raw_item if echo else None, result.scores) for raw_item, result in zip(data, results)]
+        pairs = zip(data, results, strict=True)
+        answer = [score_response(raw_item if echo else None, result.scores) for raw_item, result in pairs]
         return JSONResponse(answer)
 
     @app.post("/judge", dependencies=[authorized])

@@ -129,13 +129,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="run the reward server (POST /v1/score, GET /health, and the release's GET / and POST /judge)",
         description="Score completions over HTTP with the same verifiers, worker pool and time limits as training.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: only this machine)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
     serve.add_argument(
         "--workers",
         type=int,
         default=DEFAULT_WORKERS,
-        help=f"scoring worker processes (default {DEFAULT_WORKERS}; 0 scores in the server process, without time limit)",
+        help=f"scoring worker processes (default {DEFAULT_WORKERS}; 0: score in the server process, no time limit)",
     )
     serve.add_argument(
         "--time-limit",
@@ -160,7 +164,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get("JOB_ID"),
         help="write DISCOVERY_DIR/JOB_ID/host:port while serving, as the release's launcher does (default: $JOB_ID)",
     )
-    serve.add_argument("--discovery-dir", default=DEFAULT_DISCOVERY_DIR, help="discovery folder (default .reward_server)")
+    serve.add_argument(
+        "--discovery-dir", default=DEFAULT_DISCOVERY_DIR, help="discovery folder (default .reward_server)"
+    )
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     serve.set_defaults(func=_serve)

@@ -171,7 +171,9 @@ def _grid_image_size(grid: Any) -> tuple[float, float] | None:
     if not isinstance(first, Sequence) or isinstance(first, str) or len(first) != 3:
         return None
     height, width = first[1], first[2]
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in (width, height)):
+    if all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in (width, height)
+    ):
         return float(width), float(height)
     return None
 
