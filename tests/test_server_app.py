@@ -255,10 +255,23 @@ def test_malformed_score_requests_get_422_naming_the_field_and_the_server_keeps_
     assert ok.status_code == 200 and ok.json()[0]["accuracy_reward"] == 1.0
 
 
-def test_invalid_json_gets_422(server):
-    response = httpx.post(f"{server.url}/v1/score", content=b"[{not json", headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    "body",
+    [b"[{not json", b'[{"completion": "x", "reward_model": {}, "note": NaN}]', b"[" * 100_000 + b"]" * 100_000],
+)
+def test_invalid_json_gets_422(server, body):
+    headers = {"content-type": "application/json"}
+    response = httpx.post(f"{server.url}/v1/score", content=body, headers=headers, timeout=30)
     assert response.status_code == 422
     assert "not valid JSON" in response.json()["detail"][0]["msg"]
+
+
+def test_judge_rejects_non_finite_ratios(server):
+    body = (b'{"response": "", "prompt": "", "answer": "", "solution": "", "data_source": "", '
+            b'"reward_verifier": "mathverify", "reward_verifier_parm": "{}", "format_ratio": NaN}')  # fmt: skip
+    response = httpx.post(f"{server.url}/judge", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert ["body", "format_ratio"] in [error["loc"] for error in response.json()["detail"]]
 
 
 # ------------------------------------------------------------------------------------------------ security

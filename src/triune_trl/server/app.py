@@ -160,11 +160,16 @@ def _token_check(token: str | None) -> Any:
     return check
 
 
+def _reject_constant(name: str) -> None:
+    """NaN and Infinity are not JSON; Python's parser accepts them, and an echoed NaN could not be answered."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parse_items(raw: bytes, max_items: int) -> tuple[list[Any], list[ScoreItem]]:
     """The request's raw objects (echoed back) and their validated form; raises the 413/422 the caller sends."""
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
         error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
         raise RequestValidationError([error]) from None
     if not isinstance(data, list):

@@ -80,6 +80,7 @@ RELEASE_DETECTION_NAMES = {
     },
 }
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveSide = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Step = Annotated[int, Field(strict=True, ge=0)]
 TotalSteps = Annotated[int, Field(strict=True, gt=0)]
@@ -102,7 +103,7 @@ class ScoreItem(BaseModel):
     image_size: tuple[PositiveSide, PositiveSide] | None = None
     step: Step | None = None
     total_steps: TotalSteps | None = None
-    iou_threshold: StrictStr | float | None = None
+    iou_threshold: StrictStr | FiniteFloat | None = None
 
     @field_validator("iou_threshold")
     @classmethod
@@ -146,9 +147,9 @@ class JudgePayload(BaseModel):
     data_source: StrictStr
     reward_verifier: StrictStr
     reward_verifier_parm: StrictStr
-    format_ratio: float | None = None
-    accuracy_ratio: float | None = None
-    fmt_ratio: float | None = None  # the name later release versions send instead of format_ratio
+    format_ratio: FiniteFloat | None = None
+    accuracy_ratio: FiniteFloat | None = None
+    fmt_ratio: FiniteFloat | None = None  # the name later release versions send instead of format_ratio
 
     @field_validator("reward_verifier_parm")
     @classmethod
