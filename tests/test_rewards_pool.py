@@ -52,6 +52,22 @@ def test_a_hung_or_dying_completion_is_unverifiable_and_the_rest_is_scored(pool,
     assert len(pool._pool) == 2  # the stopped worker was replaced
 
 
+def test_a_batch_budget_bounds_a_call_in_which_everything_hangs():
+    with ScoringPool(workers=1, time_limit=30) as small:
+        started = time.monotonic()
+        results = small.score(jobs(["hang 0", "hang 1", "hang 2", "hang 3"]), budget=1.5)
+        elapsed = time.monotonic() - started
+        assert 1.5 <= elapsed < 1.5 + 2  # not 4 x 30 s
+        assert [r.status for r in results] == ["budget"] * 4
+        assert all(r.scores["final_reward"] is None for r in results)
+        assert "scoring budget of 1.5 s ran out" in results[0].scores["unverifiable_reason"]
+        assert small.stats.over_budget == 4
+        after = small.score(jobs(["ok 0", "ok 1"]), budget=30)  # the stopped worker is replaced on the next call
+        assert [r.scores["accuracy_reward"] for r in after] == [1.0, 1.0]
+        with pytest.raises(ValueError, match="budget"):
+            small.score(jobs(["ok"]), budget=0)
+
+
 def test_a_killed_worker_is_replaced_by_a_new_process(pool):
     before = {r.scores["pid"] for r in pool.score(jobs([f"ok {i}" for i in range(8)]))}
     started = pool.stats.workers_started

@@ -73,7 +73,7 @@ class Job:
 
 @dataclass
 class JobResult:
-    """The score dict of a job, how it ended (`ok`, `timeout`, `crash`) and the seconds its scoring took."""
+    """The score dict of a job, how it ended (`ok`, `timeout`, `crash`, `budget`) and the seconds its scoring took."""
 
     scores: dict[str, Any]
     status: str = "ok"
@@ -82,12 +82,14 @@ class JobResult:
 
 @dataclass
 class PoolStats:
-    """Counters over the pool's life: completions scored, gold parses, timeouts, crashes, workers started."""
+    """Counters over the pool's life: completions scored, gold parses, timeouts, crashes, completions failed for
+    the batch budget, workers started."""
 
     scored: int = 0
     gold_parses: int = 0
     timeouts: int = 0
     crashes: int = 0
+    over_budget: int = 0
     workers_started: int = 0
 
 
@@ -361,16 +363,25 @@ class ScoringPool:
 
     # -------------------------------------------------------------------------------------- scoring
 
-    def score(self, jobs: Sequence[Job], *, progress: Any = None) -> list[JobResult]:
-        """Score every job; one result per job, in order. `progress` (a tqdm bar or None) is advanced per result."""
+    def score(self, jobs: Sequence[Job], *, progress: Any = None, budget: float | None = None) -> list[JobResult]:
+        """Score every job; one result per job, in order. `progress` (a tqdm bar or None) is advanced per result.
+
+        `budget` bounds the whole call in seconds: when it runs out, the busy workers are stopped (and replaced on
+        the next call) and every job not scored yet is unverifiable with status `budget`. Without it, a batch in
+        which every completion hangs takes `len(jobs) * time_limit / workers` seconds.
+        """
+        if budget is not None and not budget > 0:
+            raise ValueError(f"the batch budget must be > 0 seconds, got {budget}")
         with self._lock:
             try:
-                return self._score(list(jobs), progress)
+                return self._score(list(jobs), progress, budget)
             except BaseException:
                 self.close()  # the workers' state is unknown after an interrupt: start fresh next time
                 raise
 
-    def _score(self, jobs: list[Job], progress: Any) -> list[JobResult]:
+    def _score(self, jobs: list[Job], progress: Any, budget: float | None = None) -> list[JobResult]:
+        call_started = time.monotonic()
+        call_deadline = None if budget is None else call_started + budget
         results: list[JobResult | None] = [None] * len(jobs)
         queue = deque(_chunks(jobs, self.chunk_size, self._chunk_ids))
         left = len(jobs)
@@ -454,6 +465,20 @@ class ScoringPool:
                 return False
             return worker.process.is_alive() or not worker.inflight
 
+        def expire() -> None:
+            """The call's budget ran out: stop the busy workers, fail every job not scored yet."""
+            for worker in [worker for worker in self._pool if worker.inflight]:
+                if receive(worker) and not worker.inflight:
+                    continue
+                self._stop(worker)
+                self._pool.remove(worker)
+            elapsed = time.monotonic() - call_started
+            reason = f"the batch's scoring budget of {budget:g} s ran out before this completion was scored"
+            for index, result in enumerate(results):
+                if result is None:
+                    self.stats.over_budget += 1
+                    finish(index, JobResult(unverifiable(reason), "budget", elapsed))
+
         while left > 0:
             for worker in list(self._pool):
                 dispatch(worker)
@@ -461,10 +486,15 @@ class ScoringPool:
                     dispatch(worker)  # a second, small chunk to queue behind the first
             if left == 0:
                 break
+            if call_deadline is not None and time.monotonic() >= call_deadline:
+                expire()
+                break
             busy = [worker for worker in self._pool if worker.inflight]
             if not busy:  # nothing in flight but results missing: cannot happen; guard against a silent hang
                 raise RuntimeError("reward pool lost track of its work")
             deadline = min(worker.step()[1] for worker in busy) + self.time_limit
+            if call_deadline is not None:
+                deadline = min(deadline, call_deadline)
             handles = [w.conn for w in busy] + [w.process.sentinel for w in busy]
             wait(handles, timeout=max(0.0, deadline - time.monotonic()))
             for worker in busy:  # read what arrived first: a finished chunk is never mistaken for a late one
