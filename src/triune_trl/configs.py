@@ -9,6 +9,7 @@ skipping non-finite updates, greedy evaluation). All are read together by `TrlPa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -57,6 +58,62 @@ class TriuneScriptArguments:
             "reported unverifiable (reward None, counted as rewards/timeout_count), never scored 0."
         },
     )
+    reward_server_urls: str | None = field(
+        default=None,
+        metadata={
+            "help": "Score rewards on reward servers (`triune serve-rewards`) instead of local worker processes: "
+            "their base URLs, separated by '|' or ',' (e.g. 'http://10.0.0.5:8192|http://10.0.0.6:8192'). Requests "
+            "are spread over the servers with failover; see docs/server.md. --reward_workers and "
+            "--reward_time_limit then do not apply (each server has its own --workers and --time-limit)."
+        },
+    )
+    reward_server_job_ids: str | None = field(
+        default=None,
+        metadata={
+            "help": "Find the reward servers the V-Triune release's way: job ids separated by '|' ('j-a|j-b'), each "
+            "a folder under --reward_server_dir holding one empty `host:port` file per server (written by "
+            "`triune serve-rewards --job-id J` or local_scripts/reward_server.sh). Default: the release's "
+            "REMOTE_REWARD_JOB_ID environment variable, when set. Combined with --reward_server_urls if both are given."
+        },
+    )
+    reward_server_dir: str = field(
+        default=".reward_server",
+        metadata={"help": "Discovery folder of --reward_server_job_ids (the release's .reward_server/)."},
+    )
+    reward_server_token_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "File holding the bearer token of the reward servers (the file given to `triune serve-rewards "
+            "--token-file`); sent as `Authorization: Bearer <token>`."
+        },
+    )
+    reward_server_batch_size: int = field(
+        default=64, metadata={"help": "Completions per reward server request (a batch is split into such requests)."}
+    )
+    reward_server_max_in_flight: int = field(
+        default=8, metadata={"help": "Most reward server requests in flight at once, over all servers, per process."}
+    )
+    reward_server_timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds a reward server request may take before it counts as failed and is retried on another "
+            "server. Keep it above the servers' --time-limit."
+        },
+    )
+    reward_server_retries: int = field(
+        default=3,
+        metadata={
+            "help": "Attempts per reward server request, each on another server when one is up; a completion whose "
+            "every attempt failed is unverifiable (reward None, counted as rewards/remote_failed_count), never 0."
+        },
+    )
+    reward_server_grace_period: float = field(
+        default=300.0,
+        metadata={
+            "help": "Seconds every reward server may be down (requests wait, /health is probed) before the run stops "
+            "with an error naming the servers and their last errors."
+        },
+    )
     rescale_images: bool = field(
         default=True,
         metadata={
@@ -88,6 +145,7 @@ class TriuneScriptArguments:
             raise ValueError(f"--reward_workers must be >= 0, got {self.reward_workers}")
         if not self.reward_time_limit > 0:
             raise ValueError(f"--reward_time_limit must be > 0 seconds, got {self.reward_time_limit}")
+        self._check_reward_server_options()
         if self.rescale_rule not in ("release", "qwen-vl"):
             raise ValueError(f"--rescale_rule must be 'release' or 'qwen-vl', got {self.rescale_rule!r}")
         if self.rescale_min_pixels <= 0 or self.rescale_max_pixels < self.rescale_min_pixels:
@@ -95,6 +153,36 @@ class TriuneScriptArguments:
                 "--rescale_min_pixels must be positive and not above --rescale_max_pixels, got "
                 f"{self.rescale_min_pixels} and {self.rescale_max_pixels}"
             )
+
+    def _check_reward_server_options(self) -> None:
+        from .server.discovery import parse_job_ids, parse_server_urls
+
+        if self.reward_server_job_ids is None and os.environ.get("REMOTE_REWARD_JOB_ID", "").strip():
+            self.reward_server_job_ids = os.environ["REMOTE_REWARD_JOB_ID"].strip()  # the release's variable
+        if self.reward_server_urls is not None:
+            parse_server_urls(self.reward_server_urls)
+        if self.reward_server_job_ids is not None:
+            parse_job_ids(self.reward_server_job_ids)
+        if self.reward_server_token_file is not None and not self.uses_reward_servers:
+            raise ValueError(
+                "--reward_server_token_file is set but no reward server is: add --reward_server_urls or "
+                "--reward_server_job_ids, or drop the token file"
+            )
+        for name in ("reward_server_batch_size", "reward_server_max_in_flight", "reward_server_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name} must be an integer >= 1, got {value!r}")
+        if not self.reward_server_timeout > 0:
+            raise ValueError(f"--reward_server_timeout must be > 0 seconds, got {self.reward_server_timeout}")
+        if not self.reward_server_grace_period >= 0:
+            raise ValueError(
+                f"--reward_server_grace_period must be >= 0 seconds, got {self.reward_server_grace_period}"
+            )
+
+    @property
+    def uses_reward_servers(self) -> bool:
+        """True when rewards are scored on reward servers (URLs or job ids given)."""
+        return bool(self.reward_server_urls) or bool(self.reward_server_job_ids)
 
     @property
     def iou_threshold_value(self) -> float | str:

@@ -44,6 +44,37 @@ def _model_init_kwargs(model_args: ModelConfig, training_args: GRPOConfig) -> di
     return kwargs
 
 
+def build_reward_router(script_args: TriuneScriptArguments) -> RewardRouter:
+    """The reward function of a run: on reward servers when URLs or job ids are configured, else in local workers.
+
+    Job ids are resolved to URLs here, before data or model are loaded, so a missing discovery folder stops the run
+    at once with the folder named.
+    """
+    if not script_args.uses_reward_servers:
+        return RewardRouter(
+            iou_threshold=script_args.iou_threshold_value,
+            workers=script_args.reward_workers,
+            time_limit=script_args.reward_time_limit,
+        )
+    from .server.client import RemoteRewardRouter
+    from .server.discovery import discover_urls, parse_server_urls
+
+    urls = parse_server_urls(script_args.reward_server_urls) if script_args.reward_server_urls else []
+    if script_args.reward_server_job_ids:
+        urls += discover_urls(script_args.reward_server_job_ids, script_args.reward_server_dir)
+    logger.info("scoring rewards on %d reward server(s): %s", len(urls), ", ".join(urls))
+    return RemoteRewardRouter(
+        urls,
+        iou_threshold=script_args.iou_threshold_value,
+        token_file=script_args.reward_server_token_file,
+        batch_size=script_args.reward_server_batch_size,
+        max_in_flight=script_args.reward_server_max_in_flight,
+        timeout=script_args.reward_server_timeout,
+        retries=script_args.reward_server_retries,
+        grace_period=script_args.reward_server_grace_period,
+    )
+
+
 def build_trainer(
     script_args: TriuneScriptArguments, training_args: GRPOConfig, model_args: ModelConfig
 ) -> TriuneGRPOTrainer:
@@ -55,6 +86,7 @@ def build_trainer(
     check_world_size(training_args.world_size)  # before any data loading: N silent copies of one run are worse
     apply_lora_defaults(model_args)  # --use_peft alone: LoRA on the language model only, the ViT stays frozen
     set_seed(training_args.seed)
+    router = build_reward_router(script_args)  # before data loading: a missing reward server is found at once
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left", truncation_side="left"
     )
@@ -80,11 +112,6 @@ def build_trainer(
             )
 
     training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
-    router = RewardRouter(
-        iou_threshold=script_args.iou_threshold_value,
-        workers=script_args.reward_workers,
-        time_limit=script_args.reward_time_limit,
-    )
     return TriuneGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[router],

@@ -232,6 +232,21 @@ class RewardRouter:
         log_metric: Callable[[str, float], None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
+        started = time.perf_counter()
+        jobs, slots = self.build_jobs(completions, reward_model, image_sizes, trainer_state)
+        return self.finish_call(self.score_jobs(jobs), slots, log_metric, started)
+
+    def build_jobs(
+        self,
+        completions: Sequence[Any] | None,
+        reward_model: Sequence[Any] | None,
+        image_sizes: Sequence[Any] | None = None,
+        trainer_state: Any = None,
+    ) -> tuple[list[Job], list[int | dict[str, Any]]]:
+        """The distinct jobs of a call and, per row, the index of its job or the score dict of an unreadable row.
+
+        Shared with the remote router (`server/client.py`), which scores the same jobs over HTTP.
+        """
         if completions is None:
             raise ValueError("RewardRouter needs `completions`")
         if reward_model is None:
@@ -240,12 +255,11 @@ class RewardRouter:
             raise ValueError(f"{len(completions)} completions but {len(reward_model)} reward_model entries")
         if image_sizes is not None and len(image_sizes) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(image_sizes)} image_sizes entries")
-        started = time.perf_counter()
         step, total_steps = self._call_progress(trainer_state)
 
         jobs: list[Job] = []
         seen: dict[tuple, int] = {}
-        slots: list[int | dict[str, Any]] = []  # per row: a job index, or the score dict of an unreadable row
+        slots: list[int | dict[str, Any]] = []
         for index, completion in enumerate(completions):
             try:
                 text = completion_text(completion)
@@ -263,8 +277,16 @@ class RewardRouter:
                 seen[identity] = len(jobs)
             slots.append(len(jobs))
             jobs.append(Job(text, reward_model[index], ctx, key))
+        return jobs, slots
 
-        results = self.score_jobs(jobs)
+    def finish_call(
+        self,
+        results: list[JobResult],
+        slots: list[int | dict[str, Any]],
+        log_metric: Callable[[str, float], None] | None,
+        started: float,
+    ) -> list[float | None]:
+        """Per-row scores from the jobs' results: kept on `last_scores`, reported, and returned as rewards."""
         self.last_results = results
         self.last_status = Counter(result.status for result in results)
         scores = [dict(slot) if isinstance(slot, dict) else dict(results[slot].scores) for slot in slots]
