@@ -135,6 +135,26 @@ def test_router_scores_identical_completions_once_and_counts_failures():
         router.close()
 
 
+def test_router_batch_time_limit_bounds_a_call_and_is_logged():
+    logged: dict[str, float] = {}
+    router = RewardRouter(workers=1, time_limit=30, batch_time_limit=1.0)
+    try:
+        started = time.monotonic()
+        rewards = router(
+            prompts=["p"] * 3,
+            completions=["hang a", "hang b", "hang c"],
+            reward_model=[spec()] * 3,
+            log_metric=lambda name, value: logged.__setitem__(name, value),
+        )
+        assert time.monotonic() - started < 1.0 + 2
+        assert rewards == [None, None, None]
+        assert logged["rewards/over_budget_count"] == 3.0 and logged["rewards/unverifiable_count"] == 3.0
+    finally:
+        router.close()
+    with pytest.raises(ValueError, match="batch_time_limit"):
+        RewardRouter(batch_time_limit=0)
+
+
 def test_in_process_and_worker_scores_are_identical():
     specs = [
         {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.5},

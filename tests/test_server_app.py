@@ -150,6 +150,23 @@ def test_runaway_completion_is_stopped_at_the_time_limit_and_the_server_keeps_se
         assert limited.health()["statuses"].get("timeout", 0) + limited.health()["statuses"].get("crash", 0) >= 1
 
 
+def test_a_batch_of_runaway_completions_is_answered_within_the_batch_budget():
+    nested = "\\boxed{" + "\\frac{1}{" * 3000 + "2" + "}" * 3000 + "}"
+    items = [{"completion": nested + " " * number, "reward_model": MATH_SPEC} for number in range(6)]
+    with running_server(workers=1, extra_args=["--time-limit", "30", "--batch-budget", "1.5"]) as limited:
+        started = time.monotonic()
+        answer = httpx.post(f"{limited.url}/v1/score?echo=false", json=items, timeout=60).json()
+        elapsed = time.monotonic() - started
+        if any(out["accuracy_reward"] is not None for out in answer):
+            pytest.skip("math-verify answered these inputs quickly on this machine")
+        assert elapsed < 1.5 + 5  # not 6 x 30 s
+        assert all("scoring budget of 1.5 s" in out["unverifiable_reason"] for out in answer)
+        assert limited.health()["statuses"]["budget"] == 6
+        ok = httpx.post(f"{limited.url}/v1/score?echo=false", json=[{"completion": "\\boxed{4}",
+                        "reward_model": MATH_SPEC}], timeout=60)  # fmt: skip
+        assert ok.json()[0]["accuracy_reward"] == 1.0
+
+
 # ------------------------------------------------------------------------------------------------ the release's API
 
 

@@ -58,6 +58,15 @@ class TriuneScriptArguments:
             "reported unverifiable (reward None, counted as rewards/timeout_count), never scored 0."
         },
     )
+    reward_batch_time_limit: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds the rewards of one batch may take in all (default: no bound). When they run out, the "
+            "completions not scored yet are unverifiable (reward None, counted as rewards/over_budget_count): a "
+            "batch in which every completion hangs then costs this long, not completions x --reward_time_limit / "
+            "--reward_workers."
+        },
+    )
     reward_server_urls: str | None = field(
         default=None,
         metadata={
@@ -145,6 +154,8 @@ class TriuneScriptArguments:
             raise ValueError(f"--reward_workers must be >= 0, got {self.reward_workers}")
         if not self.reward_time_limit > 0:
             raise ValueError(f"--reward_time_limit must be > 0 seconds, got {self.reward_time_limit}")
+        if self.reward_batch_time_limit is not None and not self.reward_batch_time_limit > 0:
+            raise ValueError(f"--reward_batch_time_limit must be > 0 seconds, got {self.reward_batch_time_limit}")
         self._check_reward_server_options()
         if self.rescale_rule not in ("release", "qwen-vl"):
             raise ValueError(f"--rescale_rule must be 'release' or 'qwen-vl', got {self.rescale_rule!r}")

@@ -55,6 +55,7 @@ def build_reward_router(script_args: TriuneScriptArguments) -> RewardRouter:
             iou_threshold=script_args.iou_threshold_value,
             workers=script_args.reward_workers,
             time_limit=script_args.reward_time_limit,
+            batch_time_limit=script_args.reward_batch_time_limit,
         )
     from .server.client import RemoteRewardRouter
     from .server.discovery import discover_urls, parse_server_urls

@@ -152,8 +152,10 @@ class RewardRouter:
     `rewards/timeout_count`, `rewards/worker_crash_count` and `rewards/scoring_seconds`; it keeps the per-sample
     score dicts on `last_scores`.
 
-    `workers` worker processes (0: score in this process) score with a per-sample `time_limit` in seconds. They
-    start on the first call and stop with `close()`, when the router is garbage-collected, or at exit.
+    `workers` worker processes (0: score in this process) score with a per-sample `time_limit` in seconds, and
+    with `batch_time_limit` a whole call is bounded too: completions not scored when it runs out are unverifiable
+    (status `budget`, logged as `rewards/over_budget_count`). The workers start on the first call and stop with
+    `close()`, when the router is garbage-collected, or at exit.
     """
 
     def __init__(
@@ -162,15 +164,21 @@ class RewardRouter:
         *,
         workers: int = DEFAULT_WORKERS,
         time_limit: float = DEFAULT_TIME_LIMIT,
+        batch_time_limit: float | None = None,
     ):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         if isinstance(time_limit, bool) or not isinstance(time_limit, Real) or not time_limit > 0:
             raise ValueError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
+        if batch_time_limit is not None and (
+            isinstance(batch_time_limit, bool) or not isinstance(batch_time_limit, Real) or not batch_time_limit > 0
+        ):
+            raise ValueError(f"batch_time_limit must be a number of seconds > 0 or None, got {batch_time_limit!r}")
         self.__name__ = "triune"
         self.iou_threshold = parse_iou_threshold(iou_threshold)
         self.workers = workers
         self.time_limit = float(time_limit)
+        self.batch_time_limit = None if batch_time_limit is None else float(batch_time_limit)
         self._progress: tuple[int, int] | None = None
         self._pool: ScoringPool | None = None
         self.last_scores: list[dict[str, Any]] = []
@@ -219,7 +227,7 @@ class RewardRouter:
     def score_jobs(self, jobs: Sequence[Job]) -> list[JobResult]:
         """Score jobs in the workers (or in process with `workers=0`); one result per job, in order."""
         pool = self.pool
-        return score_jobs_in_process(jobs) if pool is None else pool.score(jobs)
+        return score_jobs_in_process(jobs) if pool is None else pool.score(jobs, budget=self.batch_time_limit)
 
     def __call__(
         self,
@@ -305,6 +313,12 @@ class RewardRouter:
                 len(scores),
                 unverifiable_scores[0]["unverifiable_reason"],
             )
+        if self.last_status["budget"]:
+            logger.warning(
+                "reward scoring: the batch time limit of %g s ran out; %d completion(s) were not scored",
+                self.batch_time_limit,
+                self.last_status["budget"],
+            )
         if self.last_status["timeout"] or self.last_status["crash"]:
             logger.warning(
                 "reward scoring: %d completion(s) ran past the %g s time limit, %d killed their worker",
@@ -330,6 +344,8 @@ class RewardRouter:
         if self.workers:
             log_metric("rewards/timeout_count", float(self.last_status["timeout"]))
             log_metric("rewards/worker_crash_count", float(self.last_status["crash"]))
+            if self.batch_time_limit is not None:
+                log_metric("rewards/over_budget_count", float(self.last_status["budget"]))
         log_metric("rewards/scoring_seconds", seconds)
 
 

@@ -49,10 +49,14 @@ from triune_trl.server.protocol import (
     score_response,
 )
 
-__all__ = ["DEFAULT_MAX_BATCH_ITEMS", "DEFAULT_MAX_BODY_BYTES", "ServerSettings", "create_app"]
+__all__ = ["DEFAULT_BATCH_BUDGET", "DEFAULT_MAX_BATCH_ITEMS", "DEFAULT_MAX_BODY_BYTES", "ServerSettings", "create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_ITEMS = 8192
+# Seconds one merged batch may take in all: below the client's default request timeout (60 s), so a batch of
+# completions that all hang is answered (unverifiable, status `budget`) before its clients give up and retry the
+# same doomed work on another server.
+DEFAULT_BATCH_BUDGET = 45.0
 # Past this many bytes of an oversized body the server stops reading and closes the connection after its 413.
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 
@@ -71,6 +75,7 @@ class ServerSettings:
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     cors_origins: tuple[str, ...] = ()
     max_scoring_batch: int = 2048
+    batch_budget: float | None = DEFAULT_BATCH_BUDGET
 
 
 def _errors(errors: Sequence[dict[str, Any]], prefix: tuple = ("body",)) -> list[dict[str, Any]]:
@@ -208,7 +213,7 @@ def create_app(
             await run_in_threadpool(pool.start)
 
         def score(jobs: list[Job]) -> list[JobResult]:
-            return score_jobs_in_process(jobs) if pool is None else pool.score(jobs)
+            return score_jobs_in_process(jobs) if pool is None else pool.score(jobs, budget=settings.batch_budget)
 
         app.state.pool = pool
         app.state.scorer = BatchScorer(score, max_batch=settings.max_scoring_batch)
@@ -263,6 +268,7 @@ def create_app(
             "verifiers": available_verifiers(),
             "workers": settings.workers,
             "time_limit": settings.time_limit,
+            "batch_budget": settings.batch_budget,
             "iou_threshold": settings.iou_threshold,
             "auth": settings.token is not None,
             "uptime_seconds": round(time.time() - state.started, 3),

@@ -71,6 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ServerConfigError(f"--workers must be >= 0, got {args.workers}")
     if not args.time_limit > 0:
         raise ServerConfigError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
+    if args.batch_budget < 0:
+        raise ServerConfigError(f"--batch-budget must be >= 0 seconds (0: no bound), got {args.batch_budget}")
     if args.max_body_mb <= 0 or args.max_batch_items <= 0:
         raise ServerConfigError("--max-body-mb and --max-batch-items must be positive")
     token = read_token_file(args.token_file) if args.token_file else None
@@ -88,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_batch_items=args.max_batch_items,
         cors_origins=tuple(args.cors_origin or ()),
+        batch_budget=args.batch_budget or None,
     )
     sock = _listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
@@ -152,6 +155,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get("DET_IOU_THRESHOLD", "dynamic"),
         help="detection IoU threshold for items that do not carry their own: 'dynamic' (from each item's step and "
         "total_steps), 'average' or a number (default: $DET_IOU_THRESHOLD as in the release, else 'dynamic')",
+    )
+    serve.add_argument(
+        "--batch-budget",
+        type=float,
+        default=45.0,
+        help="seconds one batch of merged requests may take in all; completions not scored by then are answered "
+        "unverifiable (default 45, below the client's 60 s request timeout; 0: no bound)",
     )
     serve.add_argument("--token-file", help="file holding a bearer token that every scoring request must send")
     serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body in MiB (default 64)")
