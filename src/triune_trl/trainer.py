@@ -30,6 +30,10 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    log-probs are computed; otherwise the forward pass takes them for image slots and fails, or trains on noise.
 6. An update whose gradient norm is NaN or infinite is skipped (its gradients dropped) and counted.
 7. Greedy decoding during evaluation, and a train sampler whose epoch order survives a resume.
+8. Micro-batches without images (`triune_trl.image_less_forwards`): a text-only micro-batch cut from a batch with
+   images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a forward
+   without images also runs the vision tower on a dummy image with weight 0: parameters are gathered per module,
+   so a text-only rank next to an image rank would otherwise abort the job.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
+from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
 
 logger = logging.getLogger(__name__)
@@ -206,6 +211,14 @@ class TriuneGRPOTrainer(GRPOTrainer):
         if self._option("skip_nonfinite_updates") and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             logger.warning("skip_nonfinite_updates has no effect under DeepSpeed, which steps inside backward")
         self.parameter_counts = self._freeze()
+        # text-only micro-batches: empty image tensors count as none; under ZeRO-3 / FSDP the vision tower still runs
+        deepspeed_plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        self.image_less_forward_hooks = prepare_image_less_forwards(
+            [self.model, getattr(self, "ref_model", None)],
+            self.accelerator.distributed_type,
+            deepspeed_plugin.zero_stage if deepspeed_plugin is not None else None,
+            self.accelerator.num_processes,
+        )
 
     def _option(self, name: str):
         """A TriuneGRPOConfig option, or its default when the trainer was given a plain GRPOConfig."""
