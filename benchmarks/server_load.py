@@ -170,8 +170,10 @@ def run(clients: int, batches: int, batch_size: int, server_workers: int, url: s
         "batch_size": batch_size,
         "server_workers": server_workers,
         "server": load,
-        "server_batches_merged": health.get("load", {}),
+        # what the server saw: completions scored, of which distinct within their merged batch, in how many batches
         "server_scored": health.get("scored"),
+        "server_distinct_scored": health.get("distinct_scored"),
+        "server_batches": health.get("batches"),
         "in_process": {
             "workers": server_workers,
             "completions": len(rows),
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lost requests: {server['lost_requests']}, mismatched responses: {server['mismatched_responses']}")
     print(f"server: {server['completions_per_s']:.0f} completions/s; latency p50 {latency['p50']:.0f} ms, "
           f"p90 {latency['p90']:.0f} ms, p99 {latency['p99']:.0f} ms")  # fmt: skip
+    print(f"the server merged the {server['requests']} requests into {result['server_batches']} scoring batches; "
+          f"{result['server_distinct_scored']} of {result['server_scored']} completions were distinct in their batch")
     print(f"in-process router ({args.server_workers} workers, same completions): "
           f"{result['in_process']['completions_per_s']:.0f} completions/s; server / in-process "
           f"{result['server_vs_in_process']:.2f}")  # fmt: skip

@@ -282,6 +282,7 @@ def create_app(
             "rejected": {key: state.counters[key] for key in ("unauthorized", "too_large", "invalid")},
             "scored": scorer.stats.completions,
             "distinct_scored": scorer.stats.distinct_completions,
+            "batches": scorer.stats.batches,
             "statuses": dict(scorer.stats.statuses),
             "worker_restarts": 0 if pool is None else max(0, pool.stats.workers_started - settings.workers),
         }
