@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
+from triune_trl.rewards.detection import RELEASE_SUB_SCORE_NAMES
 from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
 from triune_trl.rewards.pool import Job
 from triune_trl.rewards.registry import ScoringContext
@@ -59,26 +60,8 @@ RELEASE_DEFAULT_FORMAT_RATIO = 0.1
 JUDGE_CONTEXT_KEYS = ("step", "total_steps", "image_grid_thw", "is_training", "image_path", "query", "verifier_style")
 
 # This project's detection sub-score names -> the names the release's detection verifier reports (a /judge client
-# logs `<name>_reward`). Sub-scores without a release counterpart keep their own name.
-RELEASE_DETECTION_NAMES = {
-    "size_penalty": "size_penalty",
-    "iou_score_iou_first": "pure_iou_score_max_iou",
-    "iou_score_label_first": "pure_iou_score_max_label",
-    "map": "pure_map_score",
-    "map50": "pure_map50_score",
-    "map75": "pure_map75_score",
-    "iou_score_iou_first_penalized": "weighted_iou_score_max_iou",
-    "iou_score_label_first_penalized": "weighted_iou_score_max_label",
-    "map_penalized": "weighted_map_score",
-    "map50_penalized": "weighted_map50_score",
-    "map75_penalized": "weighted_map75_score",
-    **{
-        f"{strategy}_first_iou{tau}_{stat}": f"report_iou_{tau}_{strategy}_match_{stat.replace('mean_iou', 'pure')}"
-        for strategy, taus in (("iou", (50, 95)), ("label", (50, 75, 95, 99)))
-        for tau in taus
-        for stat in ("mean_iou", "precision", "recall")
-    },
-}
+# logs `<name>_reward`); defined next to the verifier. Sub-scores without a release counterpart keep their name.
+RELEASE_DETECTION_NAMES = RELEASE_SUB_SCORE_NAMES
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveSide = Annotated[float, Field(gt=0, allow_inf_nan=False)]
