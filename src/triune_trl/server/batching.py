@@ -14,8 +14,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Any
 
 from triune_trl.rewards.pool import Job, JobResult
 
@@ -31,6 +32,16 @@ def job_identity(job: Job) -> tuple | None:
     except TypeError:
         return None
     return (job.key, job.text, job.ctx)
+
+
+def _settle(future: Future, *, result: Any = None, exception: BaseException | None = None) -> None:
+    """Resolve a request's future unless its caller gave up on it (a client that disconnected cancels it, at any
+    moment, even between a check and the call): the scoring thread must outlive every request."""
+    with contextlib.suppress(InvalidStateError):
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
 
 
 @dataclass
@@ -99,8 +110,7 @@ class BatchScorer:
             self._queued_jobs = 0
             self._condition.notify_all()
         for request in waiting:
-            with contextlib.suppress(Exception):
-                request.future.set_exception(RuntimeError("the reward server is shutting down"))
+            _settle(request.future, exception=RuntimeError("the reward server is shutting down"))
         self._thread.join(timeout)
 
     def _take(self) -> list[_Request] | None:
@@ -146,7 +156,7 @@ class BatchScorer:
             results = self._score(distinct)
         except BaseException as exc:  # the pool failed as a whole (it could not start workers): tell every caller
             for request in taken:
-                request.future.set_exception(exc)
+                _settle(request.future, exception=exc)
             return
         finally:
             self._in_progress = 0
@@ -158,5 +168,4 @@ class BatchScorer:
         for result in results:
             self.stats.statuses[result.status] = self.stats.statuses.get(result.status, 0) + 1
         for request, request_slots in zip(taken, slots, strict=True):
-            if not request.future.cancelled():
-                request.future.set_result([results[slot] for slot in request_slots])
+            _settle(request.future, result=[results[slot] for slot in request_slots])
