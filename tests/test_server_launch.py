@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ import pytest
 from triune_trl.server.discovery import discover_urls
 
 from .conftest import REPO_ROOT
-from .server_helpers import free_port
+from .server_helpers import free_port, running_server
 
 TRIUNE = Path(sys.executable).parent / "triune"
 
@@ -104,3 +105,34 @@ def test_a_taken_port_stops_the_start_with_a_message():
         )  # fmt: skip
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_triune_reward_score_on_a_server_writes_what_local_scoring_writes(tmp_path):
+    math = {"ground_truth": "\\boxed{12}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.1}
+    det = {"ground_truth": '<answer>\n[{"bbox_2d": [100, 100, 500, 500], "label": "dog"}]\n</answer>',
+           "verifier": "detection", "accuracy_ratio": 1.0, "format_ratio": 0.1,
+           "verifier_parm": {"det_verifier_normalized": True,
+                             "det_reward_ratio": {"iou_max_label_first": 1.0, "iou_completeness": 0.3}}}  # fmt: skip
+    lines = [
+        {"completion": "<think>\nx\n</think>\n<answer>\n\\boxed{12}\n</answer>", "reward_model": math, "id": 1},
+        {"completion": "\\boxed{13}", "reward_model": math, "data_source": "mm_math"},
+        {"completion": '<answer>\n[{"bbox_2d": [100, 100, 480, 520], "label": "dog"}]\n</answer>',
+         "reward_model": det, "image_size": [1000, 1000], "step": 3, "total_steps": 10},
+    ]  # fmt: skip
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+    score = [str(TRIUNE), "reward", "score", "--input", str(source)]
+    subprocess.run([*score, "--output", str(local), "--workers", "0"], check=True, capture_output=True, timeout=120)
+    with running_server(workers=1, token="cli-token") as server:
+        token_file = tmp_path / "token"
+        token_file.write_text("cli-token\n")
+        result = subprocess.run([*score, "--output", str(remote), "--server", server.url, "--token-file",
+                                 str(token_file)], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        refused = subprocess.run([*score, "--output", str(tmp_path / "x.jsonl"), "--server", server.url],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert local.read_text() == remote.read_text()
+    assert [json.loads(line)["final_reward"] for line in remote.read_text().splitlines()][1] == 0.0
+    assert refused.returncode == 1 and "requires a bearer token" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "x.jsonl").exists()

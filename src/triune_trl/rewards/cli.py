@@ -9,6 +9,9 @@ from .router import DEFAULT_TIME_LIMIT, DEFAULT_WORKERS
 
 
 def _score(args: argparse.Namespace) -> int:
+    if args.token_file and not args.server:
+        print("triune: error: --token-file is for reward servers: add --server URL", file=sys.stderr)
+        return 2
     from .iou_schedule import parse_iou_threshold
     from .score_file import score_jsonl
 
@@ -19,6 +22,8 @@ def _score(args: argparse.Namespace) -> int:
         workers=args.workers,
         time_limit=args.time_limit,
         progress=True,
+        servers=args.server,
+        token_file=args.token_file,
     )
     print(f"scored {count} completions -> {args.output}", file=sys.stderr)
     return 0
@@ -48,4 +53,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_TIME_LIMIT,
         help=f"seconds one completion may take before it is reported unverifiable (default {DEFAULT_TIME_LIMIT:g})",
     )
+    score.add_argument(
+        "--server",
+        help="score on reward servers (`triune serve-rewards`) instead: base URLs separated by '|' "
+        "(failover as in training; --workers and --time-limit are the servers' own then)",
+    )
+    score.add_argument("--token-file", help="with --server: a file holding the servers' bearer token")
     score.set_defaults(func=_score)

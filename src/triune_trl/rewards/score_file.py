@@ -126,6 +126,18 @@ def _jobs(records: list[dict[str, Any]], threshold: IouThreshold) -> list[Job]:
     return jobs
 
 
+def _score_on_servers(
+    records: list[dict[str, Any]], threshold: IouThreshold, servers: str, token_file: str | os.PathLike | None
+) -> list[dict[str, Any]]:
+    from triune_trl.server.client import RemoteRewardRouter
+
+    router = RemoteRewardRouter(servers, iou_threshold=threshold, token_file=token_file)
+    try:
+        return router.score_items(records)
+    finally:
+        router.close()
+
+
 def score_jsonl(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -134,26 +146,33 @@ def score_jsonl(
     workers: int = DEFAULT_WORKERS,
     time_limit: float = DEFAULT_TIME_LIMIT,
     progress: bool = False,
+    servers: str | None = None,
+    token_file: str | os.PathLike | None = None,
 ) -> int:
     """Score every line of `input_path` into `output_path`; returns the number of lines written.
 
     `workers` processes score with a per-completion `time_limit` (seconds); `workers=0` scores in this process.
+    With `servers` (reward server URLs, `"http://a:8192|http://b:8192"`) the lines are scored there instead, by the
+    trainer's client (`server/client.py`, failover included), with `token_file` as the bearer token.
     `progress` shows a progress bar on stderr.
     """
     threshold = parse_iou_threshold(iou_threshold)
     source, target = Path(input_path), Path(output_path)
     records = _read_records(source, threshold)
-    jobs = _jobs(records, threshold)
-    with tqdm(total=len(jobs), desc="scoring", unit="completion", disable=not progress) as bar:
-        if workers == 0:
-            results = score_jobs_in_process(jobs)
-            bar.update(len(jobs))
-        else:
-            with ScoringPool(workers, time_limit) as pool:
-                results = pool.score(jobs, progress=bar)
+    if servers:
+        all_scores = _score_on_servers(records, threshold, servers, token_file)
+    else:
+        jobs = _jobs(records, threshold)
+        with tqdm(total=len(jobs), desc="scoring", unit="completion", disable=not progress) as bar:
+            if workers == 0:
+                results = score_jobs_in_process(jobs)
+                bar.update(len(jobs))
+            else:
+                with ScoringPool(workers, time_limit) as pool:
+                    results = pool.score(jobs, progress=bar)
+        all_scores = [result.scores for result in results]
     lines = [
-        json.dumps({**record, **result.scores}, ensure_ascii=False)
-        for record, result in zip(records, results, strict=True)
+        json.dumps({**record, **scores}, ensure_ascii=False) for record, scores in zip(records, all_scores, strict=True)
     ]
 
     target.parent.mkdir(parents=True, exist_ok=True)
