@@ -160,7 +160,7 @@ def test_a_batch_of_runaway_completions_is_answered_within_the_batch_budget():
         if any(out["accuracy_reward"] is not None for out in answer):
             pytest.skip("math-verify answered these inputs quickly on this machine")
         assert elapsed < 1.5 + 5  # not 6 x 30 s
-        assert all("scoring budget of 1.5 s" in out["unverifiable_reason"] for out in answer)
+        assert all("scoring budget of" in out["unverifiable_reason"] for out in answer)
         assert limited.health()["statuses"]["budget"] == 6
         ok = httpx.post(f"{limited.url}/v1/score?echo=false", json=[{"completion": "\\boxed{4}",
                         "reward_model": MATH_SPEC}], timeout=60)  # fmt: skip
@@ -288,7 +288,7 @@ def test_judge_rejects_non_finite_ratios(server):
             b'"reward_verifier": "mathverify", "reward_verifier_parm": "{}", "format_ratio": NaN}')  # fmt: skip
     response = httpx.post(f"{server.url}/judge", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert ["body", "format_ratio"] in [error["loc"] for error in response.json()["detail"]]
+    assert "NaN is not a JSON value" in response.json()["detail"][0]["msg"]
 
 
 # ------------------------------------------------------------------------------------------------ security

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
+
+import pytest
 
 from triune_trl.rewards.pool import Job, score_jobs_in_process
 from triune_trl.rewards.registry import ScoringContext
@@ -20,7 +23,7 @@ def test_requests_waiting_together_are_scored_in_one_batch_with_duplicates_once(
     entered, release = threading.Event(), threading.Event()
     calls: list[int] = []
 
-    def score(jobs):
+    def score(jobs, budget=None):
         calls.append(len(jobs))
         entered.set()
         release.wait(10)  # hold the first batch so the next requests queue up behind it
@@ -44,7 +47,7 @@ def test_requests_waiting_together_are_scored_in_one_batch_with_duplicates_once(
 def test_a_request_abandoned_by_its_caller_does_not_stop_the_scoring_thread():
     release = threading.Event()
 
-    def score(jobs):
+    def score(jobs, budget=None):
         release.wait(10)
         return score_jobs_in_process(jobs)
 
@@ -64,7 +67,7 @@ def test_a_request_abandoned_by_its_caller_does_not_stop_the_scoring_thread():
 def test_a_failing_scorer_fails_the_requests_not_the_thread():
     attempts = []
 
-    def score(jobs):
+    def score(jobs, budget=None):
         attempts.append(len(jobs))
         if len(attempts) <= 2:
             raise RuntimeError("no worker could start")
@@ -72,7 +75,7 @@ def test_a_failing_scorer_fails_the_requests_not_the_thread():
 
     entered, release = threading.Event(), threading.Event()
 
-    def held(jobs):
+    def held(jobs, budget=None):
         entered.set()
         release.wait(10)
         return score(jobs)
@@ -91,5 +94,30 @@ def test_a_failing_scorer_fails_the_requests_not_the_thread():
         else:
             raise AssertionError("the request should have failed")
         assert scorer.submit(_jobs(["\\boxed{4}"])).result(10)[0].scores["accuracy_reward"] == 1.0
+    finally:
+        scorer.close()
+
+
+def test_a_request_queued_behind_a_slow_batch_gets_what_is_left_of_its_budget():
+    entered, release = threading.Event(), threading.Event()
+    budgets: list[float | None] = []
+
+    def score(jobs, budget=None):
+        budgets.append(budget)
+        if len(budgets) == 1:
+            entered.set()
+            release.wait(10)
+        return score_jobs_in_process(jobs)
+
+    scorer = BatchScorer(score, budget=2.0)
+    try:
+        first = scorer.submit(_jobs(["\\boxed{4}"]))
+        assert entered.wait(10)
+        queued = scorer.submit(_jobs(["\\boxed{5}"]))
+        time.sleep(0.5)  # the queued request waits while the first batch is scored
+        release.set()
+        first.result(10), queued.result(10)
+        assert budgets[0] == pytest.approx(2.0, abs=0.2)
+        assert budgets[1] <= 2.0 - 0.5  # counted from its arrival, not from when its batch started
     finally:
         scorer.close()

@@ -123,10 +123,15 @@ def resolve(reward_model: Any) -> Resolved:
     return Resolved(spec=spec, components=tuple(components))
 
 
+def _key_part(value: Any) -> Any:
+    """numpy values by content (`tolist`): their repr elides long arrays, so two different arrays would share a key."""
+    return value.tolist() if hasattr(value, "tolist") else repr(value)
+
+
 def spec_key(reward_model: Any) -> str | None:
     """A key under which identical specs share their parsed gold; None when the spec cannot be keyed."""
     try:
-        return json.dumps(reward_model, sort_keys=True, default=repr)
+        return json.dumps(reward_model, sort_keys=True, default=_key_part)
     except (TypeError, ValueError, RecursionError):
         return None
 

@@ -46,6 +46,7 @@ from triune_trl.server.protocol import (
     item_job,
     judge_job,
     judge_response,
+    loads_strict,
     score_response,
 )
 
@@ -61,6 +62,7 @@ DEFAULT_BATCH_BUDGET = 45.0
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 
 _ITEMS = TypeAdapter(list[ScoreItem])
+_JUDGE = TypeAdapter(JudgePayload)
 
 
 @dataclass(frozen=True)
@@ -165,18 +167,25 @@ def _token_check(token: str | None) -> Any:
     return check
 
 
-def _reject_constant(name: str) -> None:
-    """NaN and Infinity are not JSON; Python's parser accepts them, and an echoed NaN could not be answered."""
-    raise ValueError(f"{name} is not a JSON value")
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate (valid JSON, e.g. in model output) cannot be
+    encoded as UTF-8 and would otherwise fail the answer; the escapes read back as the same string."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return loads_strict(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
+        raise RequestValidationError([error]) from None
 
 
 def _parse_items(raw: bytes, max_items: int) -> tuple[list[Any], list[ScoreItem]]:
     """The request's raw objects (echoed back) and their validated form; raises the 413/422 the caller sends."""
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
-        raise RequestValidationError([error]) from None
+    data = _json_body(raw)
     if not isinstance(data, list):
         message = f"expected a JSON list of score items, got a JSON {type(data).__name__}"
         raise RequestValidationError([{"type": "list_type", "loc": ("body",), "msg": message}])
@@ -212,11 +221,11 @@ def create_app(
         if pool is not None:
             await run_in_threadpool(pool.start)
 
-        def score(jobs: list[Job]) -> list[JobResult]:
-            return score_jobs_in_process(jobs) if pool is None else pool.score(jobs, budget=settings.batch_budget)
+        def score(jobs: list[Job], budget: float | None) -> list[JobResult]:
+            return score_jobs_in_process(jobs) if pool is None else pool.score(jobs, budget=budget)
 
         app.state.pool = pool
-        app.state.scorer = BatchScorer(score, max_batch=settings.max_scoring_batch)
+        app.state.scorer = BatchScorer(score, max_batch=settings.max_scoring_batch, budget=settings.batch_budget)
         try:
             if on_ready is not None:
                 on_ready()
@@ -300,13 +309,21 @@ def create_app(
         results = await scored(request, [item_job(item, settings.iou_threshold) for item in items])
         pairs = zip(data, results, strict=True)
         answer = [score_response(raw_item if echo else None, result.scores) for raw_item, result in pairs]
-        return JSONResponse(answer)
+        return AsciiJSONResponse(answer)
 
     @app.post("/judge", dependencies=[authorized])
-    async def judge(request: Request, payload: JudgePayload) -> dict[str, Any]:
-        """The release's single-sample endpoint, with its payload and answer shapes."""
+    async def judge(request: Request) -> AsciiJSONResponse:
+        """The release's single-sample endpoint, with its payload and answer shapes.
+
+        The body is read as JSON whatever its Content-Type says, as the release's clients expect.
+        """
+        data = _json_body(await request.body())
+        try:
+            payload = _JUDGE.validate_python(data)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
         request.app.state.counters["judge"] += 1
         [result] = await scored(request, [judge_job(payload, settings.iou_threshold)])
-        return judge_response(result.scores, payload.reward_verifier)
+        return AsciiJSONResponse(judge_response(result.scores, payload.reward_verifier))
 
     return app

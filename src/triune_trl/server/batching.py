@@ -22,6 +22,8 @@ from triune_trl.rewards.pool import Job, JobResult
 
 __all__ = ["BatchScorer", "ScorerStats", "job_identity"]
 
+MIN_BUDGET_S = 0.01
+
 
 def job_identity(job: Job) -> tuple | None:
     """Jobs with equal identities have equal scores (same spec, completion and scoring context)."""
@@ -60,14 +62,27 @@ class ScorerStats:
 class _Request:
     jobs: Sequence[Job]
     future: Future
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class BatchScorer:
-    """Scores job lists submitted from any thread, batching whatever waits; `submit` returns a Future."""
+    """Scores job lists submitted from any thread, batching whatever waits; `submit` returns a Future.
 
-    def __init__(self, score: Callable[[list[Job]], list[JobResult]], *, max_batch: int = 2048):
+    `score(jobs, budget)` does the work; `budget` (seconds, or None) is what is left of `budget` here for the
+    batch's oldest request, counted from when it was submitted: a request queued behind a slow batch is answered
+    within one budget of its arrival, not after that batch's budget and then its own.
+    """
+
+    def __init__(
+        self,
+        score: Callable[[list[Job], float | None], list[JobResult]],
+        *,
+        max_batch: int = 2048,
+        budget: float | None = None,
+    ):
         self._score = score
         self.max_batch = max(1, int(max_batch))
+        self.budget = budget
         self.stats = ScorerStats()
         self._waiting: deque[_Request] = deque()
         self._queued_jobs = 0
@@ -152,8 +167,11 @@ class BatchScorer:
             slots.append(request_slots)
         self._in_progress = len(distinct)
         started = time.perf_counter()
+        budget = None
+        if self.budget is not None:  # never 0: the pool then fails what it has not scored at once
+            budget = max(MIN_BUDGET_S, min(r.queued_at for r in taken) + self.budget - time.monotonic())
         try:
-            results = self._score(distinct)
+            results = self._score(distinct, budget)
         except BaseException as exc:  # the pool failed as a whole (it could not start workers): tell every caller
             for request in taken:
                 _settle(request.future, exception=exc)

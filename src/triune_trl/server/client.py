@@ -46,6 +46,7 @@ from triune_trl.rewards.pool import Job, JobResult
 from triune_trl.rewards.router import RewardRouter
 from triune_trl.rewards.scoring import resolve, unverifiable
 from triune_trl.server.discovery import parse_server_urls
+from triune_trl.server.protocol import SCORE_FIELDS
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -176,17 +177,44 @@ def _plain(value: Any) -> Any:
 
 
 def _encode(item: Mapping[str, Any]) -> bytes:
-    """Strict JSON (NaN and infinities are errors here, as they would be a 422 at the server)."""
-    return json.dumps(item, default=_plain, ensure_ascii=False, allow_nan=False).encode()
+    """Strict JSON (NaN and infinities are errors here, as they would be a 422 at the server).
+
+    UTF-8 where possible (smaller); a lone surrogate in model output cannot be UTF-8, so then ASCII escapes.
+    """
+    try:
+        return json.dumps(item, default=_plain, ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(item, default=_plain, ensure_ascii=True, allow_nan=False).encode()
 
 
 def _wire_image_size(size: Any) -> list[float] | None:
     """[width, height] when both are positive finite numbers (the server's rule); None otherwise."""
     if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
         return None
-    if not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in size):
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in size):
+        return None
+    try:
+        if not all(math.isfinite(v) and v > 0 for v in size):
+            return None
+    except OverflowError:  # an integer too large for a float
         return None
     return [v if isinstance(v, int) else float(v) for v in size]
+
+
+def _reward_value(value: Any) -> bool:
+    return value is None or (isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _is_score(scores: Any) -> bool:
+    """An answer the router can use: the score fields, rewards None or finite, and no final reward without an
+    accuracy (a broken or foreign server's strings, NaN or missing fields must not become a reward)."""
+    return (
+        isinstance(scores, dict)
+        and all(field in scores for field in SCORE_FIELDS)
+        and all(_reward_value(scores[field]) for field in ("final_reward", "format_reward", "accuracy_reward"))
+        and (scores["unverifiable_reason"] is None or isinstance(scores["unverifiable_reason"], str))
+        and (scores["final_reward"] is None) == (scores["accuracy_reward"] is None)
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -608,8 +636,7 @@ class RemoteRewardRouter(RewardRouter):
                 scores = response.json()
             except ValueError:
                 scores = None
-            if (not isinstance(scores, list) or len(scores) != len(items)
-                    or not all(isinstance(s, dict) and "final_reward" in s for s in scores)):  # fmt: skip
+            if not isinstance(scores, list) or len(scores) != len(items) or not all(map(_is_score, scores)):
                 return _Answer(error=f"the answer is not one score object per item: {response.text[:200]!r}")
             return _Answer(scores=scores)
         if status == 401:

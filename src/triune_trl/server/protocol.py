@@ -46,6 +46,7 @@ __all__ = [
     "item_job",
     "judge_job",
     "judge_response",
+    "loads_strict",
     "score_response",
 ]
 
@@ -63,8 +64,52 @@ JUDGE_CONTEXT_KEYS = ("step", "total_steps", "image_grid_thw", "is_training", "i
 # logs `<name>_reward`); defined next to the verifier. Sub-scores without a release counterpart keep their name.
 RELEASE_DETECTION_NAMES = RELEASE_SUB_SCORE_NAMES
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-PositiveSide = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# strict: a JSON true/false is not a number here (lax floats would take it as 1.0/0.0); JSON integers still are
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveSide = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+MAX_JSON_DEPTH = 400  # deeper bodies are refused: echoing or pickling them for a worker would exhaust the stack
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of the range of a float")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: the value may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """JSON as the server takes it; ValueError for what it refuses.
+
+    Python's parser also accepts NaN and Infinity, turns 1e400 into inf and parses nesting that later code cannot
+    echo or hand to a worker; none of these could be answered, so they are refused here (a 422, never a 500).
+    """
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 Step = Annotated[int, Field(strict=True, ge=0)]
 TotalSteps = Annotated[int, Field(strict=True, gt=0)]
 
@@ -138,7 +183,7 @@ class JudgePayload(BaseModel):
     @classmethod
     def _json_object(cls, value: str) -> str:
         try:
-            parsed = json.loads(value)
+            parsed = loads_strict(value)
         except ValueError as exc:
             raise ValueError(f"must be a JSON string holding an object: {exc}") from None
         if not isinstance(parsed, dict):
@@ -155,15 +200,30 @@ def _grid_image_size(grid: Any) -> tuple[float, float] | None:
     if not isinstance(first, Sequence) or isinstance(first, str) or len(first) != 3:
         return None
     height, width = first[1], first[2]
-    if all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in (width, height)
-    ):
-        return float(width), float(height)
-    return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (width, height)):
+        return None
+    try:
+        sides = float(width), float(height)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return sides if all(math.isfinite(v) and v > 0 for v in sides) else None
 
 
 def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A step count as the release's verifier reads it (`float(step)`): an int, a whole float or a numeric string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return int(number) if math.isfinite(number) and number.is_integer() else None
+    return None
 
 
 def judge_job(payload: JudgePayload, default_threshold: IouThreshold) -> Job:
@@ -173,7 +233,7 @@ def judge_job(payload: JudgePayload, default_threshold: IouThreshold) -> Job:
     the payload take the release server's defaults (accuracy 1.0, format 0.1); the IoU threshold is the server's
     (`--iou-threshold`, the release's DET_IOU_THRESHOLD), with `step` and `total_steps` from the parameters.
     """
-    parm = json.loads(payload.reward_verifier_parm)
+    parm = loads_strict(payload.reward_verifier_parm)
     format_ratio = payload.format_ratio if payload.format_ratio is not None else payload.fmt_ratio
     reward_model = {
         "answer": payload.answer,
