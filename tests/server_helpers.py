@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -16,6 +17,25 @@ from pathlib import Path
 import httpx
 
 START_TIMEOUT_S = 60.0
+MATH_SPEC = {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.0}
+DET_PARM = {
+    "det_verifier_normalized": True,
+    "det_reward_ratio": {"iou_max_label_first": 1.0, "iou_max_iou_first": 0.0, "iou_completeness": 0.3,
+                         "map": 0.0, "map50": 0.0, "map75": 0.0},
+}  # fmt: skip
+
+
+def call_router(router, **batch) -> tuple[list, dict]:
+    """Call a remote router the way TRL does (awaited on an event loop, with `log_metric`): rewards and metrics."""
+    metrics: dict[str, float] = {}
+
+    async def run():
+        try:
+            return await router(**batch, log_metric=metrics.__setitem__)
+        finally:
+            await router.aclose()
+
+    return asyncio.run(run()), metrics
 
 
 def free_port() -> int:

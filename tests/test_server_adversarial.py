@@ -14,7 +14,6 @@ send surrogates and took non-scores as rewards; a batch budget that did not boun
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import http.server
 import json
@@ -30,17 +29,12 @@ from triune_trl import __version__
 from triune_trl.rewards import RewardRouter, score_sample
 from triune_trl.server.client import RemoteRewardRouter
 
-from .server_helpers import running_server
+from .server_helpers import DET_PARM, MATH_SPEC, call_router, running_server
 
 TIME_LIMIT_S = 3
-MATH = {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.0}
+MATH = MATH_SPEC
 MATH_FMT = {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.1}
 TAG = {"ground_truth": "<ok>", "verifier": "tag", "accuracy_ratio": 1.0, "format_ratio": 0.0}
-DET_PARM = {
-    "det_verifier_normalized": True,
-    "det_reward_ratio": {"iou_max_label_first": 1.0, "iou_max_iou_first": 0.0, "iou_completeness": 0.3,
-                         "map": 0.0, "map50": 0.0, "map75": 0.0},
-}  # fmt: skip
 DET_GOLD = ("<answer>\n[{'bbox_2d': [0, 466, 43, 574], 'label': 'car'}, "
             "{'bbox_2d': [15, 472, 112, 589], 'label': 'car'}]\n</answer>")  # fmt: skip
 DET_RESPONSE = ("<think>\ntwo cars\n</think>\n<answer>\n[{'bbox_2d': [0,313,45,386], 'label': 'Car'},\n"
@@ -846,15 +840,7 @@ def _client_batch() -> dict:
 
 
 def _call(router: RemoteRewardRouter, batch: dict) -> tuple[list, dict]:
-    metrics: dict[str, float] = {}
-
-    async def run():
-        try:
-            return await router(**batch, log_metric=metrics.__setitem__)
-        finally:
-            await router.aclose()
-
-    return asyncio.run(run()), metrics
+    return call_router(router, **batch)
 
 
 def _router(urls: list[str], **options) -> RemoteRewardRouter:

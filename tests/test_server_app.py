@@ -15,15 +15,9 @@ from PIL import Image
 from triune_trl.rewards import score_sample
 from triune_trl.server.protocol import RELEASE_DETECTION_NAMES
 
-from .server_helpers import running_server
+from .server_helpers import DET_PARM, MATH_SPEC, running_server
 
 TOKEN = "tr-7f3c9a1e5b"
-MATH_SPEC = {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.0}
-DET_PARM = {
-    "det_verifier_normalized": True,
-    "det_reward_ratio": {"iou_max_label_first": 1.0, "iou_max_iou_first": 0.0, "iou_completeness": 0.3,
-                         "map": 0.0, "map50": 0.0, "map75": 0.0},
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

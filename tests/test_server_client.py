@@ -21,7 +21,7 @@ from triune_trl.server.client import (
     RewardServerUnavailable,
 )
 
-from .server_helpers import free_port, running_server
+from .server_helpers import call_router, free_port, running_server
 
 TOKEN = "cl-4d9e1b7a20"
 MATH_SPEC = {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 0.1}
@@ -89,17 +89,7 @@ def sample_batch(sample_data_dir) -> dict:
     return batch
 
 
-def _call(router, **batch) -> tuple[list, dict]:
-    """Call the router the way TRL does (awaited on an event loop, with `log_metric`); return rewards and metrics."""
-    metrics: dict[str, float] = {}
-
-    async def run():
-        try:
-            return await router(**batch, log_metric=metrics.__setitem__)
-        finally:
-            await router.aclose()
-
-    return asyncio.run(run()), metrics
+_call = call_router
 
 
 def _scored(server) -> int:
