@@ -25,6 +25,20 @@ DET_PARM = {
 }  # fmt: skip
 
 
+def expected_scores(item: dict, iou_threshold="dynamic") -> dict:
+    """What in-process scoring gives a /v1/score item (its own `iou_threshold` wins, as on the server)."""
+    from triune_trl.rewards import score_sample
+
+    return score_sample(
+        item["completion"],
+        item["reward_model"],
+        image_size=item.get("image_size"),
+        step=item.get("step"),
+        total_steps=item.get("total_steps"),
+        iou_threshold=item.get("iou_threshold", iou_threshold),
+    )
+
+
 def call_router(router, **batch) -> tuple[list, dict]:
     """Call a remote router the way TRL does (awaited on an event loop, with `log_metric`): rewards and metrics."""
     metrics: dict[str, float] = {}

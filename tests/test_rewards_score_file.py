@@ -93,6 +93,7 @@ GOOD = {"completion": "\\boxed{4}", "data_source": "mm_math", "reward_model": MA
         ({"completion": "x", "reward_model": {**MATH, "format_ratio": "low"}}, "reward_model.format_ratio"),
         ({**GOOD, "data_source": 5}, "'data_source' must be a string"),
         ({**GOOD, "image_size": [640]}, "'image_size'"),
+        ({**GOOD, "image_size": [10**400, 5]}, "'image_size'"),  # an int no float holds: a message, not a crash
         ({**GOOD, "step": -1, "total_steps": 10}, "'step'"),
         ({**GOOD, "step": 1}, "together"),
         ({"completion": BOXES, "reward_model": DETECTION, "image_size": [9, 9]}, "needs 'step' and 'total_steps'"),

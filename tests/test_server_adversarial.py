@@ -29,7 +29,7 @@ from triune_trl import __version__
 from triune_trl.rewards import RewardRouter, score_sample
 from triune_trl.server.client import RemoteRewardRouter
 
-from .server_helpers import DET_PARM, MATH_SPEC, call_router, running_server
+from .server_helpers import DET_PARM, MATH_SPEC, call_router, expected_scores, running_server
 
 TIME_LIMIT_S = 3
 MATH = MATH_SPEC
@@ -53,15 +53,7 @@ def server():
         yield running
 
 
-def _expected(item: dict) -> dict:
-    return score_sample(
-        item["completion"],
-        item["reward_model"],
-        image_size=item.get("image_size"),
-        step=item.get("step"),
-        total_steps=item.get("total_steps"),
-        iou_threshold=item.get("iou_threshold", "dynamic"),
-    )
+_expected = expected_scores
 
 
 def _assert_serving(url: str) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from triune_trl.rewards import score_sample
 from triune_trl.server.protocol import RELEASE_DETECTION_NAMES
 
-from .server_helpers import DET_PARM, MATH_SPEC, running_server
+from .server_helpers import DET_PARM, MATH_SPEC, expected_scores, running_server
 
 TOKEN = "tr-7f3c9a1e5b"
 
@@ -59,15 +59,7 @@ def sample_items(sample_data_dir) -> list[dict]:
     return items
 
 
-def _expected(item: dict, iou_threshold="dynamic") -> dict:
-    return score_sample(
-        item["completion"],
-        item["reward_model"],
-        image_size=item.get("image_size"),
-        step=item.get("step"),
-        total_steps=item.get("total_steps"),
-        iou_threshold=item.get("iou_threshold", iou_threshold),
-    )
+_expected = expected_scores
 
 
 def test_remote_scores_equal_in_process_scores(server, sample_items):

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, ClassVar
 
 from triune_trl.errors import RewardSpecError
@@ -30,10 +31,28 @@ __all__ = [
     "VerifierOutput",
     "available_verifiers",
     "get_verifier",
+    "image_size_pair",
     "register_verifier",
 ]
 
 GOLD_FIELD = "reward_model.ground_truth"
+
+
+def image_size_pair(value: Any) -> tuple[float, float] | None:
+    """`value` as (width, height) floats when it is two positive finite real numbers (not bools), else None.
+
+    The one check of an image size that arrives from outside (a JSONL line, an HTTP item, a dataset column): an
+    integer too large for a float counts as not finite rather than raising OverflowError.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        return None
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
+        return None
+    try:
+        pair = float(value[0]), float(value[1])
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return pair if all(math.isfinite(v) and v > 0 for v in pair) else None
 
 Scored = tuple[float, dict[str, float]]  # (accuracy reward, sub-scores)
 

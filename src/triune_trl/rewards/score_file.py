@@ -19,10 +19,8 @@ written to a temporary file and moved into place, so a failure never leaves a ha
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from tqdm.auto import tqdm
 from triune_trl.errors import InputLineError, RewardSpecError
 from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
 from triune_trl.rewards.pool import Job, ScoringPool, score_jobs_in_process
-from triune_trl.rewards.registry import ScoringContext
+from triune_trl.rewards.registry import ScoringContext, image_size_pair
 from triune_trl.rewards.router import DEFAULT_TIME_LIMIT, DEFAULT_WORKERS
 from triune_trl.rewards.scoring import spec_key
 from triune_trl.rewards.spec import RewardSpec
@@ -65,11 +63,7 @@ def _check_record(record: Any, threshold: IouThreshold) -> str | None:
         return "'data_source' must be a string"
 
     size = record.get("image_size")
-    if size is not None and not (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in size)
-    ):
+    if size is not None and not (isinstance(size, list) and image_size_pair(size) is not None):
         return f"'image_size' must be [width, height] with two positive numbers, got {size!r:.80}"
 
     step, total = record.get("step"), record.get("total_steps")
@@ -131,11 +125,8 @@ def _score_on_servers(
 ) -> list[dict[str, Any]]:
     from triune_trl.server.client import RemoteRewardRouter
 
-    router = RemoteRewardRouter(servers, iou_threshold=threshold, token_file=token_file)
-    try:
-        return router.score_items(records)
-    finally:
-        router.close()
+    # score_items runs its own event loop and closes that loop's HTTP client when it returns
+    return RemoteRewardRouter(servers, iou_threshold=threshold, token_file=token_file).score_items(records)
 
 
 def score_jsonl(

@@ -43,6 +43,7 @@ from triune_trl import __version__
 from triune_trl.errors import TriuneError
 from triune_trl.rewards.iou_schedule import IouThreshold
 from triune_trl.rewards.pool import Job, JobResult
+from triune_trl.rewards.registry import image_size_pair
 from triune_trl.rewards.router import RewardRouter
 from triune_trl.rewards.scoring import resolve, unverifiable
 from triune_trl.server.discovery import parse_server_urls
@@ -189,14 +190,7 @@ def _encode(item: Mapping[str, Any]) -> bytes:
 
 def _wire_image_size(size: Any) -> list[float] | None:
     """[width, height] when both are positive finite numbers (the server's rule); None otherwise."""
-    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
-        return None
-    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in size):
-        return None
-    try:
-        if not all(math.isfinite(v) and v > 0 for v in size):
-            return None
-    except OverflowError:  # an integer too large for a float
+    if image_size_pair(size) is None:
         return None
     return [v if isinstance(v, int) else float(v) for v in size]
 

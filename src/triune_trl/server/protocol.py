@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, m
 from triune_trl.rewards.detection import RELEASE_SUB_SCORE_NAMES
 from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
 from triune_trl.rewards.pool import Job
-from triune_trl.rewards.registry import ScoringContext
+from triune_trl.rewards.registry import ScoringContext, image_size_pair
 from triune_trl.rewards.scoring import spec_key
 
 __all__ = [
@@ -199,14 +199,7 @@ def _grid_image_size(grid: Any) -> tuple[float, float] | None:
     first = grid[0]
     if not isinstance(first, Sequence) or isinstance(first, str) or len(first) != 3:
         return None
-    height, width = first[1], first[2]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (width, height)):
-        return None
-    try:
-        sides = float(width), float(height)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return sides if all(math.isfinite(v) and v > 0 for v in sides) else None
+    return image_size_pair((first[2], first[1]))  # [t, height, width]
 
 
 def _int_or_none(value: Any) -> int | None:
