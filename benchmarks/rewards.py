@@ -41,11 +41,11 @@ from triune_trl.rewards import RewardRouter
 from triune_trl.rewards.boxes import iou_matrix, normalize_boxes, parse_answer_boxes
 from triune_trl.rewards.coco_map import CocoMap, coco_map
 from triune_trl.rewards.coco_reference import pycocotools_map as reference_map
-from triune_trl.rewards.detection import match_iou_first, match_label_first, size_penalty, threshold_scores
 from triune_trl.rewards.iou_schedule import IOU_THRESHOLDS, dynamic_iou_threshold
-from triune_trl.rewards.mathverify import math_format_reward
 from triune_trl.rewards.scoring import combine_rewards
 from triune_trl.rewards.spec import RewardSpec
+from triune_trl.rewards.verifiers.detection import match_iou_first, match_label_first, size_penalty, threshold_scores
+from triune_trl.rewards.verifiers.mathverify import math_format_reward
 
 GROUP = 8
 MATH_SHARE = 0.57

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from triune_trl.rewards import score_sample, validate_reward_spec
-from triune_trl.rewards.choice import read_choice
+from triune_trl.rewards.verifiers.choice import read_choice
 
 OPTIONS = ("red", "blue", "green", "Café au lait")
 

@@ -20,7 +20,8 @@ from triune_trl.rewards.boxes import (
     parse_answer_boxes,
     parse_boxes,
 )
-from triune_trl.rewards.detection import (
+from triune_trl.rewards.iou_schedule import IOU_THRESHOLDS, dynamic_iou_threshold, iou_thresholds, parse_iou_threshold
+from triune_trl.rewards.verifiers.detection import (
     DETECTION_SUB_SCORES,
     RELEASE_SUB_SCORE_NAMES,
     detection_format_reward,
@@ -29,7 +30,6 @@ from triune_trl.rewards.detection import (
     size_penalty,
     threshold_scores,
 )
-from triune_trl.rewards.iou_schedule import IOU_THRESHOLDS, dynamic_iou_threshold, iou_thresholds, parse_iou_threshold
 
 REAL_ROW_RATIO = {
     "iou_max_label_first": 1.0,
@@ -202,7 +202,7 @@ def test_labels_compare_case_insensitively():
 
 def test_completeness_and_its_mix_with_mean_iou():
     # G=2, P=3, one match of IoU 0.8: mean_iou 0.4, miss 1/2, fa 2/3, completeness 1 - (1/2 + 2/3)/2 = 5/12
-    from triune_trl.rewards.detection import Match
+    from triune_trl.rewards.verifiers.detection import Match
 
     scores = threshold_scores([Match(0, 0, 0.8)], n_pred=3, n_gold=2, completeness_weight=0.3)
     assert scores.mean_iou == pytest.approx(0.4)

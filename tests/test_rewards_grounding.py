@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from triune_trl.rewards import score_sample, validate_reward_spec
-from triune_trl.rewards.grounding import first_box
+from triune_trl.rewards.verifiers.grounding import first_box
 
 GOLD = "<answer>\n[{'bbox_2d': [0, 0, 100, 100], 'label': 'the red mug'}]\n</answer>"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from triune_trl.rewards import score_sample, validate_reward_spec
-from triune_trl.rewards.length import length_reward
+from triune_trl.rewards.verifiers.length import length_reward
 
 
 def length_spec(**parm) -> dict:

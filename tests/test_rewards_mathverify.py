@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from triune_trl.rewards import RewardSpec, get_verifier, score_sample, validate_reward_spec
-from triune_trl.rewards.mathverify import math_format_reward
+from triune_trl.rewards.verifiers.mathverify import math_format_reward
 
 
 def math_spec(gold: str = "\\boxed{4}", accuracy_ratio: float = 1.0, format_ratio: float = 0.0) -> dict:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from triune_trl.rewards import RewardRouter, get_verifier, score_sample
-from triune_trl.rewards.detection import DETECTION_SUB_SCORES
+from triune_trl.rewards.verifiers.detection import DETECTION_SUB_SCORES
 
 
 def tag_spec(accuracy_ratio: float = 1.0, format_ratio: float = 0.1, gold: str = "<ok>") -> dict:

@@ -6,7 +6,8 @@
     triune reward score --input IN.jsonl --output OUT.jsonl
     triune serve-rewards --port 8192 --workers 4 [--token-file F]
 
-Each package registers its own subcommands (`data/cli.py`, `rewards/cli.py`, ...); this module only assembles them.
+Each package registers its own subcommands (`data/cli.py`, `server/cli.py`, ...; `score_file.py` and `evaluation.py`
+for `triune reward score` and `triune eval`); this module only assembles them.
 Heavy imports (torch, transformers, TRL) happen inside each command so `triune --help` answers at once. Errors
 this package raises on purpose (bad data, bad input lines) end the command with their message and exit code 1,
 without a traceback: the message already names the file, row and field.
@@ -41,8 +42,9 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.cli import register as register_data
+    from .evaluation import register as register_evaluation
     from .monitoring.cli import register as register_monitoring
-    from .rewards.cli import register as register_rewards
+    from .score_file import register as register_rewards
     from .server.cli import register as register_server
 
     parser = argparse.ArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_tiny_model)
     register_data(commands)
     register_rewards(commands)
+    register_evaluation(commands)
     register_monitoring(commands)
     register_server(commands)
     return parser

@@ -2,23 +2,11 @@
 
 Importing the package registers the built-in verifiers: the release's `mathverify` and `detection`, the tasks the
 paper names that the release scored with those two (`ocr`, `counting`, `numeric`, `choice`, `grounding`), OmniRL's
-`text_overlap` and `length`, `format`, and `tag` (the learnable demo task). See docs/rewards.md for every
-verifier's parameters and each module's docstring for its semantics.
+`text_overlap` and `length`, `format`, and `tag` (the learnable demo task), one module each in `verifiers/`. See
+docs/rewards.md for every verifier's parameters and each module's docstring for its semantics.
 """
 
-from triune_trl.rewards import (  # noqa: F401  (registration side effect)
-    choice,
-    counting,
-    detection,
-    format,
-    grounding,
-    length,
-    mathverify,
-    numeric,
-    ocr,
-    tag,
-    text_overlap,
-)
+from triune_trl.rewards import verifiers  # noqa: F401  (registration side effect)
 from triune_trl.rewards.pool import Job, JobResult, ScoringPool
 from triune_trl.rewards.registry import (
     ScoringContext,

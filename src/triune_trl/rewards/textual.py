@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from triune_trl.rewards.answers import extract_answer, gold_answers
-from triune_trl.rewards.mathverify import math_format_reward
 from triune_trl.rewards.params import Param, read_params
 from triune_trl.rewards.registry import Scored, ScoringContext, Unverifiable, Verifier
 from triune_trl.rewards.spec import RewardSpec
+from triune_trl.rewards.verifiers.mathverify import math_format_reward
 
 __all__ = ["AnswerVerifier", "ParamVerifier", "Prepared"]
 

@@ -30,11 +30,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
-from triune_trl.rewards.detection import RELEASE_SUB_SCORE_NAMES
 from triune_trl.rewards.iou_schedule import IouThreshold, parse_iou_threshold
 from triune_trl.rewards.pool import Job
 from triune_trl.rewards.registry import ScoringContext, image_size_pair
 from triune_trl.rewards.scoring import spec_key
+from triune_trl.rewards.verifiers.detection import RELEASE_SUB_SCORE_NAMES
 
 __all__ = [
     "DEFAULT_PORT",

@@ -6,13 +6,15 @@ prompt, the same per-source metrics), run on its own so any saved checkpoint can
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from .errors import DataError
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["evaluate_checkpoint", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +43,11 @@ def evaluate_checkpoint(
     import torch
     from transformers import AutoProcessor
 
-    from ..configs import TriuneGRPOConfig
-    from ..data import ImageSizing, ReleaseRescale, load_data_config, load_split
-    from ..rewards import RewardRouter
-    from ..trainer import TriuneGRPOTrainer
-    from .eval_table import per_source_table, write_tables
+    from .configs import TriuneGRPOConfig
+    from .data import ImageSizing, ReleaseRescale, load_data_config, load_split
+    from .monitoring.eval_table import per_source_table, write_tables
+    from .rewards import RewardRouter
+    from .trainer import TriuneGRPOTrainer
 
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
@@ -99,3 +101,59 @@ def evaluate_checkpoint(
     markdown_path, json_path = write_tables(table, out_dir, meta)
     logger.info("evaluation tables written to %s and %s", markdown_path, json_path)
     return table, markdown_path, json_path
+
+
+def _eval(args: argparse.Namespace) -> int:
+    _, markdown_path, json_path = evaluate_checkpoint(
+        args.model,
+        args.data_config,
+        args.split,
+        data_root=args.data_root,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        max_completion_length=args.max_completion_length,
+        iou_threshold=args.iou_threshold,
+        max_samples=args.max_samples,
+    )
+    if markdown_path.is_file():
+        print(markdown_path.read_text(encoding="utf-8"))
+        print(f"written: {markdown_path} and {json_path}", file=sys.stderr)
+    return 0
+
+
+def _eval_iou_threshold(value: str) -> float | str:
+    from .rewards.iou_schedule import parse_iou_threshold
+
+    try:
+        parsed = parse_iou_threshold(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if parsed == "dynamic":
+        raise argparse.ArgumentTypeError("'dynamic' follows training progress; evaluate with 'average' or a number")
+    return parsed
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `triune eval` to the top-level parser."""
+    evaluate = commands.add_parser(
+        "eval",
+        help="greedy evaluation of a checkpoint on a split of a data config, per data source (markdown + JSON table)",
+    )
+    evaluate.add_argument("--model", required=True, help="checkpoint folder or Hub id (model + processor)")
+    evaluate.add_argument("--data-config", required=True, help="data config YAML listing the split's files")
+    evaluate.add_argument("--split", default="test", help="split of the data config to evaluate (default: test)")
+    evaluate.add_argument("--data-root", default=None, help="folder the config's relative paths resolve against")
+    evaluate.add_argument("--out", default=None, help="output folder (default: MODEL/eval_SPLIT)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per device per batch (default: 8)")
+    evaluate.add_argument(
+        "--max-completion-length", type=int, default=2048, help="new tokens per answer (default: 2048, as the paper)"
+    )
+    evaluate.add_argument(
+        "--iou-threshold",
+        default="average",
+        type=_eval_iou_threshold,
+        help="detection IoU threshold: a number or 'average' (default; a standalone run has no training progress "
+        "for 'dynamic')",
+    )
+    evaluate.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N rows")
+    evaluate.set_defaults(func=_eval)

@@ -34,12 +34,12 @@ from typing import Any
 
 from triune_trl.rewards.answers import answer_tag
 from triune_trl.rewards.boxes import Box, iou_matrix, normalize_boxes
-from triune_trl.rewards.detection import model_image_size
 from triune_trl.rewards.iou_schedule import iou_thresholds
 from triune_trl.rewards.params import Param
 from triune_trl.rewards.registry import GOLD_FIELD, Scored, ScoringContext, Unverifiable, register_verifier
 from triune_trl.rewards.spec import RewardSpec
 from triune_trl.rewards.textual import ParamVerifier, Prepared
+from triune_trl.rewards.verifiers.detection import model_image_size
 
 __all__ = ["GroundingVerifier", "first_box"]
 

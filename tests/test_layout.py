@@ -1,0 +1,134 @@
+"""The package layout rules of docs/architecture.md, checked on the source's import statements.
+
+`rewards/verifiers/` holds exactly the modules that register a built-in verifier; `rewards` never reaches `server`
+(the server builds on rewards, not the reverse) and `monitoring` never reaches `data` or `trainer` (it computes
+metrics from what the trainer hands it). Imports are followed transitively, including the ones inside functions,
+so a lazy import cannot hide a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import triune_trl
+from triune_trl.rewards import available_verifiers, get_verifier
+
+PACKAGE_DIR = Path(triune_trl.__file__).resolve().parent
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of `triune_trl...` module `module`, or None when it is not one of ours."""
+    parts = module.split(".")
+    if parts[0] != "triune_trl":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE_DIR.parent).with_suffix("")
+    parts = list(relative.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _with_parents(module: str) -> list[str]:
+    """Importing a.b.c runs a, a.b and a.b.c."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+@cache
+def direct_imports(module: str) -> frozenset[str]:
+    """Every triune_trl module `module`'s source imports, anywhere in the file, parent packages included."""
+    path = _module_file(module)
+    assert path is not None, module
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # `from pkg import name` imports pkg, and pkg.name too when that is a module
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names if _module_file(f"{base}.{alias.name}")]
+        else:
+            continue
+        for target in targets:
+            found.update(name for name in _with_parents(target) if _module_file(name))
+    found.discard(module)
+    return frozenset(found)
+
+
+def reachable(module: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        current = todo.pop()
+        for imported in direct_imports(current):
+            if imported not in seen:
+                seen.add(imported)
+                todo.append(imported)
+    return seen
+
+
+def package_modules(package: str) -> list[str]:
+    folder = PACKAGE_DIR.joinpath(*package.split(".")[1:])
+    return sorted(_module_name(path) for path in folder.rglob("*.py"))
+
+
+def _registers_a_verifier(path: Path) -> bool:
+    """Whether a class in `path` is decorated with `@register_verifier(...)`."""
+    return any(
+        isinstance(node, ast.ClassDef)
+        and any(
+            isinstance(deco, ast.Call)
+            and getattr(deco.func, "id", getattr(deco.func, "attr", None)) == "register_verifier"
+            for deco in node.decorator_list
+        )
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+    )
+
+
+def test_verifiers_folder_holds_exactly_the_registered_verifier_modules():
+    registered = {type(get_verifier(name)).__module__ for name in available_verifiers() if not name.startswith("test_")}
+    in_folder = set(package_modules("triune_trl.rewards.verifiers")) - {"triune_trl.rewards.verifiers"}
+    assert in_folder == registered
+    # and no verifier is registered from anywhere else in the package
+    registering = {_module_name(path) for path in PACKAGE_DIR.rglob("*.py") if _registers_a_verifier(path)}
+    assert registering == registered
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("triune_trl.rewards", ("triune_trl.server",)),
+        ("triune_trl.monitoring", ("triune_trl.data", "triune_trl.trainer")),
+    ],
+)
+def test_package_never_reaches_forbidden_modules(package, forbidden):
+    offenders = {
+        (module, reached)
+        for module in package_modules(package)
+        for reached in reachable(module)
+        if any(reached == name or reached.startswith(name + ".") for name in forbidden)
+    }
+    assert not offenders, f"{package} imports {sorted(offenders)}"
+
+
+def test_import_graph_sees_lazy_and_relative_imports():
+    """The checker itself: the moved modules' known dependencies are found (a checker that finds nothing passes
+    every rule)."""
+    assert "triune_trl.server.client" in direct_imports("triune_trl.score_file")  # lazy, inside a function
+    assert {"triune_trl.data", "triune_trl.trainer"} <= direct_imports("triune_trl.evaluation")  # relative, lazy
+    assert "triune_trl.rewards.verifiers.mathverify" in reachable("triune_trl.rewards.router")
