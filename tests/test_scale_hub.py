@@ -87,7 +87,7 @@ def test_the_pushed_recipe_reproduces_the_run_options(pushed, tmp_path):
     output_dir, repo = pushed
     recipe = yaml.safe_load((repo / "triune_recipe.yaml").read_text())
     assert "push_to_hub" not in recipe and "hub_token" not in recipe and "generation_batch_size" not in recipe
-    assert (recipe["max_steps"], recipe["learning_rate"], recipe["hub_model_id"]) == (2, 0.01, "me/Orsta-tiny")
+    assert (recipe["max_steps"], recipe["learning_rate"], recipe["hub_model_id"]) == (2, 0.003, "me/Orsta-tiny")
     script_args, args, model_args = make_parser().parse_args_and_config(["--config", str(repo / "triune_recipe.yaml")])
     assert (args.max_steps, args.per_device_train_batch_size, args.num_generations) == (2, 4, 4)
     assert (args.max_completion_length, args.steps_per_generation, args.use_cpu, args.bf16) == (16, 1, True, False)

@@ -124,7 +124,7 @@ def _train_with_router(tmp_path, tiny_model_dir, sample_data_dir, patterns: list
 def test_tiny_model_learns_the_tag_task_through_the_router(tmp_path, tiny_model_dir, sample_data_dir):
     trainer, router = _train_with_router(
         tmp_path, tiny_model_dir, sample_data_dir, ["train/train_format_tagformat_*.parquet"],
-        per_device_train_batch_size=16, num_generations=4, max_steps=40,
+        per_device_train_batch_size=16, num_generations=4, max_steps=40, learning_rate=3e-3,
     )
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     assert len(rewards) == 40

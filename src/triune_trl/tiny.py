@@ -34,24 +34,51 @@ TASK_TAGS = ("<ok>", "<think>", "</think>", "<answer>", "</answer>")
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of the tiny model. Defaults give ~0.5M parameters: a GRPO step on CPU takes a fraction of a second."""
+    """Sizes of the tiny model. Defaults give ~0.6M parameters: a GRPO step on CPU takes a fraction of a second.
+
+    Attention heads are 32 wide (text and vision): vLLM's CPU attention supports head sizes 32, 64, 80, ... only,
+    so a smaller head would keep the tiny model off the vLLM generation path that the tests run.
+    """
 
     vocab_size: int = 1024
-    hidden_size: int = 64
+    hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 128
-    vision_hidden_size: int = 32
+    intermediate_size: int = 256
+    vision_hidden_size: int = 64
     vision_depth: int = 2
     vision_heads: int = 2
     # The processor resizes every image into [min_pixels, max_pixels]: 4 to 16 merged vision tokens per image.
     min_pixels: int = 28 * 28 * 4
     max_pixels: int = 28 * 28 * 16
     seed: int = 0
+    # Also train the BPE on the bundled sample set's prompts and answers and on the release's CoT instructions,
+    # so that those prompts take a few dozen tokens instead of hundreds (sequence length is the cost on a CPU).
+    prompt_corpus: bool = False
 
 
-def _corpus(seed: int) -> list[str]:
+# The learning demo's model (`triune tiny-model OUT --preset learn`, `make demo`): wide enough to learn the sample
+# tasks from pixels in minutes on a CPU, and 64 merged vision tokens per image (224 x 224 pixels as the model sees
+# it), so that the shapes of the sample images are several patches wide. Heads stay 32 wide (vLLM's CPU attention).
+LEARN_SPEC = TinySpec(
+    vocab_size=2048,
+    hidden_size=128,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=384,
+    vision_hidden_size=128,
+    vision_depth=2,
+    vision_heads=4,
+    min_pixels=28 * 28 * 64,
+    max_pixels=28 * 28 * 64,
+    prompt_corpus=True,
+)
+PRESETS: dict[str, TinySpec] = {"test": TinySpec(), "learn": LEARN_SPEC}
+
+
+def _corpus(seed: int, prompt_corpus: bool = False) -> list[str]:
     """Local text the BPE is trained on: the words, numbers, LaTeX and JSON the bundled tasks use."""
     rng = random.Random(seed)
     words = (
@@ -73,6 +100,22 @@ def _corpus(seed: int) -> list[str]:
         lines.append(f"<think>\n{sentence}\n</think>\n<answer>\n\\boxed{{{a}}}\n</answer>")
         lines.append("<answer>\n" + json.dumps([box]) + "\n</answer>")
         lines.append("Reply with the tag <ok> and nothing else. <ok>")
+    if prompt_corpus:
+        lines += _prompt_corpus(seed)
+    return lines
+
+
+def _prompt_corpus(seed: int, per_source: int = 200) -> list[str]:
+    """Prompts (with their CoT instructions) and gold answers of the bundled sample tasks, as BPE training text."""
+    from .data.cot_prompts import CLOSE_FORM_FIRST, CLOSE_FORM_SECOND, FREE_FORM_FIRST, FREE_FORM_SECOND
+    from .data.make_sample import SAMPLE_SOURCES
+
+    rng = random.Random(seed)
+    lines = [*CLOSE_FORM_FIRST, *CLOSE_FORM_SECOND, *FREE_FORM_FIRST, *FREE_FORM_SECOND]
+    for source in SAMPLE_SOURCES:
+        for _ in range(per_source):
+            example = source.build(rng)
+            lines += [example.question, example.ground_truth, example.answer]
     return lines
 
 
@@ -89,7 +132,7 @@ def build_tokenizer(spec: TinySpec = TinySpec()):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_corpus(spec.seed), trainer=trainer)
+    bpe.train_from_iterator(_corpus(spec.seed, spec.prompt_corpus), trainer=trainer)
 
     from transformers import Qwen2Tokenizer
 
