@@ -22,8 +22,13 @@ What is copied from the real data (see `reference/vtriune.md` section 1) and why
 - Detection reward spec: accuracy 1.0, format 0.1, `det_verifier_normalized` true, ratios label-first 1.0,
   iou-first 0, completeness 0.3, every mAP 0: the values of the real `v3det_train` rows.
 
-Pixels are drawn without anti-aliasing (except the text of the OCR and chart images), so every detection box is the
-exact bounding box of its shape's pixels, and images are PNG (lossless) with fixed encoder settings.
+Pixels are drawn without anti-aliasing (except the text of the OCR, math and chart images), so every detection box is
+the exact bounding box of its shape's pixels, and images are PNG (lossless) with fixed encoder settings.
+
+The visuals are made to be learnable from pixels by a small model in minutes (the learning demo, `make demo`):
+every image is a 224 px square (what the `learn` tiny model sees without resizing), shapes are 44 px, high-contrast
+and sit in distinct cells of a 4 x 4 grid, and answers come from small ranges (1-6 shapes to count, 2-4 bars of
+values 1-6, sums of two digits, one of eight words, three options). Difficulty still differs per task.
 """
 
 from __future__ import annotations
@@ -102,10 +107,18 @@ SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 130, 30),
 }
 _BACKGROUNDS = ((255, 255, 255), (246, 246, 240), (238, 242, 248), (248, 242, 236))
-_MIN_SIDE, _MAX_SIDE = 112, 320
-_OBJECT_GAP = 6  # free pixels kept around every shape, so no shape touches another one's box
-_OCR_WORDS = tuple("apple river stone cloud tiger piano lemon house light table music ocean paper robot smile".split())
-_CHART_LABELS = ("apples", "pears", "plums", "grapes", "melons", "figs")
+# Every image is one square canvas on a grid of cells, each holding at most one shape inset by a margin. Why: the
+# tasks must be learnable from pixels by a small model in minutes (`make demo`), so shapes are large (44 px, about
+# 2 x 2 merged vision tokens of a 224 px image), high-contrast, never overlapping, and few; their boxes come from
+# a small set of positions, which a small model can tell apart. 224 px is what the `learn` tiny model sees
+# (64 merged tokens, no resize), so gold boxes on the 0-1000 grid map to whole pixels exactly.
+CANVAS = 224
+GRID = 4
+_CELL = CANVAS // GRID
+_CELL_MARGIN = 6  # free pixels between a shape and its cell's border: shapes are at least 12 px apart
+_OCR_WORDS = ("sun", "cat", "tree", "book", "house", "river", "apple", "rocket")
+_CHART_COLOURS = ("red", "green", "blue", "purple")
+_CHART_MAX = 6
 _DETECTION_INSTRUCTION = (
     "First think about the question inside <think> </think> tags, then give the final JSON list inside "
     "<answer> </answer> tags, for example:\n<think>\nreasoning process here\n</think>\n<answer>\n"
@@ -173,30 +186,19 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _canvas(rng: random.Random, min_side: int = _MIN_SIDE, max_side: int = _MAX_SIDE) -> Image.Image:
-    """A blank RGB image of random size and light background: varied aspect ratios exercise image resizing."""
-    width, height = rng.randint(min_side, max_side), rng.randint(min_side, max_side)
-    return Image.new("RGB", (width, height), rng.choice(_BACKGROUNDS))
+def _canvas(rng: random.Random) -> Image.Image:
+    """A blank square RGB canvas with a light background."""
+    return Image.new("RGB", (CANVAS, CANVAS), rng.choice(_BACKGROUNDS))
 
 
-def _boxes_apart(a: Box, b: Box, gap: int) -> bool:
-    """Whether two boxes are at least `gap` pixels apart, so their shapes never overlap or touch."""
-    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
-
-
-def _place_boxes(rng: random.Random, size: tuple[int, int], count: int, extent: tuple[int, int]) -> list[Box]:
-    """Up to `count` square slots inside the image, pairwise apart; fewer when the image is too small."""
-    width, height = size
-    boxes: list[Box] = []
-    for _ in range(count * 40):
-        if len(boxes) == count:
-            break
-        side = rng.randint(*extent)
-        left, top = rng.randint(2, width - side - 2), rng.randint(2, height - side - 2)
-        box = (left, top, left + side, top + side)
-        if all(_boxes_apart(box, other, _OBJECT_GAP) for other in boxes):
-            boxes.append(box)
-    return boxes
+def _grid_slots(rng: random.Random, count: int) -> list[Box]:
+    """`count` distinct random grid cells (at most GRID x GRID), each as the square slot its shape fills."""
+    cells = rng.sample(range(GRID * GRID), min(count, GRID * GRID))
+    slots = []
+    for cell in cells:
+        left, top = (cell % GRID) * _CELL + _CELL_MARGIN, (cell // GRID) * _CELL + _CELL_MARGIN
+        slots.append((left, top, left + _CELL - 2 * _CELL_MARGIN, top + _CELL - 2 * _CELL_MARGIN))
+    return slots
 
 
 def _shape_mask(size: tuple[int, int], shape: str, slot: Box) -> Image.Image:
@@ -225,12 +227,12 @@ def _draw_object(image: Image.Image, colour: str, shape: str, slot: Box) -> Draw
     return DrawnObject(colour, shape, box)
 
 
-def _draw_objects(
-    rng: random.Random, image: Image.Image, labels: Sequence[tuple[str, str]], extent: tuple[int, int]
-) -> list[DrawnObject]:
-    """Paint the (colour, shape) labels at random, non-overlapping places; as many as fit."""
-    slots = _place_boxes(rng, image.size, len(labels), extent)  # may be fewer than the labels: extra ones are dropped
-    return [_draw_object(image, colour, shape, slot) for (colour, shape), slot in zip(labels, slots, strict=False)]
+def _draw_objects(rng: random.Random, image: Image.Image, labels: Sequence[tuple[str, str]]) -> list[DrawnObject]:
+    """Paint the (colour, shape) labels in random distinct grid cells (all of them: at most GRID x GRID)."""
+    if len(labels) > GRID * GRID:
+        raise ValueError(f"{len(labels)} shapes do not fit in a {GRID} x {GRID} grid")
+    slots = _grid_slots(rng, len(labels))
+    return [_draw_object(image, colour, shape, slot) for (colour, shape), slot in zip(labels, slots, strict=True)]
 
 
 def _random_labels(rng: random.Random, count: int, palette: int | None = None) -> list[tuple[str, str]]:
@@ -296,23 +298,23 @@ def _reading_order(objects: Sequence[DrawnObject]) -> list[DrawnObject]:
 # --------------------------------------------------------------------------------------------------- examples
 
 
-def _math_image_example(rng: random.Random) -> Example:
-    """mm_math-like: an arithmetic expression rendered in the image, the question only asks for its value."""
-    terms = [rng.randint(1, 20) for _ in range(rng.choice((2, 2, 3)))]
-    ops = [rng.choice("+-") for _ in terms[1:]]
-    value = terms[0]
-    expression = str(terms[0])
-    for op, term in zip(ops, terms[1:], strict=True):
-        value = value + term if op == "+" else value - term
-        expression += f" {op} {term}"
-    text = f"{expression} = ?"
-    size = rng.randint(22, 30)
+def _centred_text(rng: random.Random, text: str, size: int, ink: tuple[int, int, int]) -> Image.Image:
+    """A canvas with `text` written large, at a random place that keeps it whole."""
+    image = _canvas(rng)
     text_w, text_h = _text_size(text, size)
-    image = _canvas(rng, min_side=max(_MIN_SIDE, text_w + 16))
-    corner = (rng.randint(4, image.width - text_w - 4), rng.randint(4, image.height - text_h - 4))
-    _draw_text(image, corner, text, size, (20, 20, 20))
+    if text_w + 8 > CANVAS or text_h + 8 > CANVAS:
+        raise ValueError(f"{text!r} at {size} px does not fit a {CANVAS} px canvas")
+    corner = (rng.randint(4, CANVAS - text_w - 4), rng.randint(4, CANVAS - text_h - 4))
+    _draw_text(image, corner, text, size, ink)
+    return image
+
+
+def _math_image_example(rng: random.Random) -> Example:
+    """mm_math-like: a sum of two digits rendered large in the image, the question only asks for its value."""
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    image = _centred_text(rng, f"{a} + {b}", 44, (20, 20, 20))
     question = "<image>\nWhat is the value of the expression shown in the image?"
-    return Example((image,), question, str(value), _boxed(value))
+    return Example((image,), question, str(a + b), _boxed(a + b))
 
 
 def _math_text_example(rng: random.Random) -> Example:
@@ -325,18 +327,18 @@ def _math_text_example(rng: random.Random) -> Example:
     return Example((), question, str(value), _boxed(value))
 
 
-def _panel(rng: random.Random, count: int) -> tuple[Image.Image, int]:
-    """A puzzle panel with up to `count` shapes of one colour; returns the image and the number drawn."""
-    image = _canvas(rng, max_side=200)
+def _panel(rng: random.Random, count: int) -> Image.Image:
+    """A puzzle panel with `count` shapes of one colour."""
+    image = _canvas(rng)
     colour = rng.choice(list(SHAPE_COLOURS))
-    objects = _draw_objects(rng, image, [(colour, rng.choice(SHAPES)) for _ in range(count)], (14, 26))
-    return image, len(objects)
+    _draw_objects(rng, image, [(colour, rng.choice(SHAPES)) for _ in range(count)])
+    return image
 
 
 def _puzzle_example(rng: random.Random) -> Example:
-    """PuzzleVQA-like with two images: compare or add the shape counts of two panels."""
-    panel_a, count_a = _panel(rng, rng.randint(1, 7))
-    panel_b, count_b = _panel(rng, rng.randint(1, 7))
+    """PuzzleVQA-like with two images: compare or add the shape counts of two panels (1 to 4 shapes each)."""
+    count_a, count_b = rng.randint(1, 4), rng.randint(1, 4)
+    panel_a, panel_b = _panel(rng, count_a), _panel(rng, count_b)
     intro = "Panel A: <image>\nPanel B: <image>\n"
     if count_a != count_b and rng.random() < 0.5:
         answer = "A" if count_a > count_b else "B"
@@ -358,14 +360,16 @@ def _science_example(rng: random.Random) -> Example:
     if rng.random() < 0.5:
         shape = rng.choice(SHAPES)
         colours = rng.sample(list(SHAPE_COLOURS), rng.randint(2, 4))
-        _draw_objects(rng, image, [(colour, shape) for colour in colours], (20, 40))
+        _draw_objects(rng, image, [(colour, shape) for colour in colours])
         options = rng.sample(SHAPES, len(SHAPES))
         stem = "Which shape do all of the objects in the diagram have?"
         correct = shape
     else:
         colour = rng.choice(list(SHAPE_COLOURS))
-        _draw_objects(rng, image, [(colour, rng.choice(SHAPES))], (40, 80))
-        options = [colour, *rng.sample([c for c in SHAPE_COLOURS if c != colour], 3)]
+        side = rng.randint(80, 150)
+        left, top = rng.randint(4, CANVAS - side - 4), rng.randint(4, CANVAS - side - 4)
+        _draw_object(image, colour, rng.choice(SHAPES), (left, top, left + side, top + side))
+        options = [colour, *rng.sample([c for c in SHAPE_COLOURS if c != colour], 2)]
         rng.shuffle(options)
         stem = "What is the colour of the object in the diagram?"
         correct = colour
@@ -374,44 +378,40 @@ def _science_example(rng: random.Random) -> Example:
     return Example((image,), question, letter, _boxed(letter))
 
 
-def _bar_chart(rng: random.Random, labels: Sequence[str], values: Sequence[int]) -> Image.Image:
-    """A bar chart with a base line, each bar's label below it and its value above it."""
-    bar_w, pitch = 26, 52
-    width, height = max(len(labels) * pitch + 20, rng.randint(220, _MAX_SIDE)), rng.randint(150, 240)
-    image = Image.new("RGB", (width, height), rng.choice(_BACKGROUNDS))
+def _bar_chart(rng: random.Random, colours: Sequence[str], values: Sequence[int]) -> Image.Image:
+    """Bars of distinct colours on one fixed scale (one unit = 28 px) over a base line, each value written above."""
+    image = _canvas(rng)
     draw = ImageDraw.Draw(image)
-    base, top_room = height - 22, 22
-    scale = (base - top_room) / max(values)
-    colour = SHAPE_COLOURS[rng.choice(list(SHAPE_COLOURS))]
-    draw.line((6, base, width - 6, base), fill=(60, 60, 60), width=1)
-    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
-        centre = 10 + pitch // 2 + i * pitch + (width - 20 - len(labels) * pitch) // 2
-        bar_top = base - max(2, round(value * scale))
-        draw.rectangle((centre - bar_w // 2, bar_top, centre + bar_w // 2 - 1, base - 1), fill=colour)
-        for text, y in ((str(value), bar_top - 14), (label, base + 6)):
-            text_w, _ = _text_size(text, 11)
-            _draw_text(image, (centre - text_w / 2, y), text, 11, (30, 30, 30))
+    base, unit, bar_w = CANVAS - 16, 28, 36
+    pitch = (CANVAS - 16) // len(colours)
+    draw.line((6, base, CANVAS - 6, base), fill=(60, 60, 60), width=2)
+    for i, (colour, value) in enumerate(zip(colours, values, strict=True)):
+        centre = 8 + pitch // 2 + i * pitch
+        bar_top = base - value * unit
+        draw.rectangle((centre - bar_w // 2, bar_top, centre + bar_w // 2 - 1, base - 1), fill=SHAPE_COLOURS[colour])
+        text_w, _ = _text_size(str(value), 14)
+        _draw_text(image, (centre - text_w / 2, bar_top - 16), str(value), 14, (30, 30, 30))
     return image
 
 
 def _chart_example(rng: random.Random) -> Example:
-    """ChartQAPro-like: read one bar or find the maximum of a labelled bar chart; numeric gold."""
-    count = rng.randint(3, 5)
-    labels = rng.sample(_CHART_LABELS, count)
-    values = rng.sample(range(2, 40), count)
-    image = _bar_chart(rng, labels, values)
+    """ChartQAPro-like: read the bar of one colour, or the largest value, of a bar chart; numeric gold 1-6."""
+    count = rng.randint(2, 4)
+    colours = rng.sample(_CHART_COLOURS, count)
+    values = rng.sample(range(1, _CHART_MAX + 1), count)
+    image = _bar_chart(rng, colours, values)
     if rng.random() < 0.5:
         target = rng.randrange(count)
-        stem, value = f"What is the value of the bar labelled {labels[target]}?", values[target]
+        stem, value = f"What is the value of the {colours[target]} bar?", values[target]
     else:
         stem, value = "What is the largest value shown in the bar chart?", max(values)
     return Example((image,), f"<image>\n{stem}", str(value), _boxed(value))
 
 
 def _detection_example(rng: random.Random) -> Example:
-    """V3Det-like: find every object of the listed categories; gold boxes are the drawn shapes' boxes."""
+    """V3Det-like: find every object of the listed categories (1 to 3 shapes); gold boxes are the drawn shapes'."""
     image = _canvas(rng)
-    objects = _reading_order(_draw_objects(rng, image, _random_labels(rng, rng.randint(1, 4), palette=3), (18, 48)))
+    objects = _reading_order(_draw_objects(rng, image, _random_labels(rng, rng.randint(1, 3), palette=3)))
     categories = ", ".join(dict.fromkeys(obj.label for obj in objects))
     question = (
         f"<image>\nDetect all objects in the image that belong to these categories: {categories}. "
@@ -432,13 +432,11 @@ def _relation(target: DrawnObject, twin: DrawnObject) -> str:
 
 
 def _grounding_example(rng: random.Random) -> Example:
-    """D3-like: one referred object among a look-alike and distractors; a single gold box."""
-    image = _canvas(rng, min_side=140)
+    """D3-like: one referred object among a look-alike and up to one distractor; a single gold box."""
     colour, shape = rng.choice(list(SHAPE_COLOURS)), rng.choice(SHAPES)
-    others = [label for label in _random_labels(rng, rng.randint(0, 2)) if label != (colour, shape)]
-    objects = _draw_objects(rng, image, [(colour, shape), (colour, shape), *others], (18, 40))
-    if len(objects) < 2:  # the canvas is at least 140 px, so two slots of at most 40 px always fit
-        raise RuntimeError("grounding image has no room for the look-alike pair")
+    others = [label for label in _random_labels(rng, rng.randint(0, 1)) if label != (colour, shape)]
+    image = _canvas(rng)
+    objects = _draw_objects(rng, image, [(colour, shape), (colour, shape), *others])
     target = objects[rng.randrange(2)]
     twin = objects[1] if target is objects[0] else objects[0]
     phrase = f"{target.label} {_relation(target, twin)}"
@@ -451,9 +449,9 @@ def _grounding_example(rng: random.Random) -> Example:
 
 
 def _counting_example(rng: random.Random) -> Example:
-    """CLEVR-like counting by shape, by colour or in total; integer gold."""
+    """CLEVR-like counting by shape, by colour or in total (1 to 6 shapes); integer gold."""
     image = _canvas(rng)
-    objects = _draw_objects(rng, image, _random_labels(rng, rng.randint(3, 9), palette=4), (16, 30))
+    objects = _draw_objects(rng, image, _random_labels(rng, rng.randint(1, 6), palette=4))
     pick = rng.choice(objects)
     kind = rng.choice(("shape", "colour", "total"))
     if kind == "shape":
@@ -469,14 +467,10 @@ def _counting_example(rng: random.Random) -> Example:
 
 
 def _ocr_example(rng: random.Random) -> Example:
-    """EST-VQA-like: read the word written in the image; the word is the gold, boxed as the release does."""
+    """EST-VQA-like: read the word written large in the image (one of a few words); the word is the boxed gold."""
     word = rng.choice(_OCR_WORDS)
-    size = rng.randint(24, 40)
-    text_w, text_h = _text_size(word, size)
-    image = _canvas(rng, min_side=max(_MIN_SIDE, text_w + 16))
     ink = (rng.randint(0, 90), rng.randint(0, 90), rng.randint(0, 90))
-    corner = (rng.randint(4, image.width - text_w - 4), rng.randint(4, image.height - text_h - 4))
-    _draw_text(image, corner, word, size, ink)
+    image = _centred_text(rng, word, 40, ink)
     return Example((image,), "<image>\nWhat word is written in the image?", word, _boxed(word))
 
 

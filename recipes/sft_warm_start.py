@@ -1,0 +1,28 @@
+"""Supervised warm start before V-Triune RL (TRL's SFTTrainer on gold answers in each verifier's format).
+
+    python recipes/sft_warm_start.py --config recipes/configs/tiny_warm_start.yaml
+    triune warm-start --config recipes/configs/tiny_warm_start.yaml [--num_train_epochs 1 --output_dir D ...]
+
+Every option is a field of `WarmStartArguments` (data), `trl.SFTConfig` (optimisation, logging) or
+`trl.ModelConfig` (model loading); the YAML sets them and the command line overrides them. The logic lives in
+`triune_trl.warm_start` so that it is tested; this file only parses and runs.
+"""
+
+import sys
+
+from triune_trl.errors import TriuneError
+from triune_trl.warm_start import make_parser, run
+
+
+def main() -> int:
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    try:
+        run(script_args, training_args, model_args)
+    except TriuneError as error:
+        print(f"sft_warm_start: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
