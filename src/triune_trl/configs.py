@@ -235,9 +235,12 @@ class TriuneGRPOConfig(GRPOConfig):
     skip_nonfinite_updates: bool = field(
         default=True,
         metadata={
-            "help": "Skip the optimizer update of a step whose gradient norm is NaN or infinite (the gradients are "
-            "dropped, the step still counts) and log the running count as `skipped_nonfinite_updates`. Under "
-            "DeepSpeed the engine steps inside backward, so use its own overflow handling instead."
+            "help": "Skip the optimizer update of a step whose gradient norm is NaN or infinite (no weight changes, "
+            "the step still counts) and log the running count as `skipped_nonfinite_updates`. Without DeepSpeed the "
+            "gradients are dropped before the optimizer step; under DeepSpeed (ZeRO-1/2/3, bf16 or fp32), which "
+            "steps inside backward, DeepSpeed's own gradient-norm check refuses the update and the trainer checks "
+            "that it did (a DeepSpeed config with bf16.check_grad_overflow or zero_optimization.compute_grad_norm "
+            "false is refused)."
         },
     )
     eval_greedy: bool = field(

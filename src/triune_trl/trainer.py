@@ -28,7 +28,9 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    optimizer; the parameter counts are logged.
 5. Image/video pad tokens the policy generates inside a completion are replaced (default: the space token) before
    log-probs are computed; otherwise the forward pass takes them for image slots and fails, or trains on noise.
-6. An update whose gradient norm is NaN or infinite is skipped (its gradients dropped) and counted.
+6. An update whose gradient norm is NaN or infinite is skipped and counted: its gradients are dropped before
+   `optimizer.step()`, or under DeepSpeed, which steps inside backward, its own check refuses it
+   (`triune_trl.nonfinite`).
 7. Greedy decoding during evaluation, and a train sampler whose epoch order survives a resume.
 8. Micro-batches without images (`triune_trl.image_less_forwards`): a text-only micro-batch cut from a batch with
    images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a forward
@@ -46,7 +48,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import MISSING, fields
 
 import torch
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import gather_object
 from transformers import ProcessorMixin
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
@@ -54,6 +56,7 @@ from trl.trainer.utils import RepeatSampler
 from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
 from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
+from .nonfinite import check_deepspeed_config, drop_update
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +211,8 @@ class TriuneGRPOTrainer(GRPOTrainer):
         self._vision_pads_replaced: list[int] | None = None
         self._skipped_updates = 0  # in this process's run; the logged total adds what a resumed checkpoint had
         self._skipped_updates_before: int | None = None
-        if self._option("skip_nonfinite_updates") and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            logger.warning("skip_nonfinite_updates has no effect under DeepSpeed, which steps inside backward")
+        if self._option("skip_nonfinite_updates") and self.is_deepspeed_enabled:
+            check_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)  # 6. above
         self.parameter_counts = self._freeze()
         # text-only micro-batches: empty image tensors count as none; under ZeRO-3 / FSDP the vision tower still runs
         deepspeed_plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
@@ -350,9 +353,7 @@ class TriuneGRPOTrainer(GRPOTrainer):
         if not self._option("skip_nonfinite_updates") or grad_norm is None:
             return grad_norm
         if not math.isfinite(float(grad_norm)):
-            # The next call is `optimizer.step()`: with every gradient dropped it leaves all parameters (and
-            # AdamW's moments) as they are. The clipped gradients would be NaN and poison the weights.
-            model.zero_grad(set_to_none=True)
+            drop_update(model)  # gradients dropped before optimizer.step(); under DeepSpeed: checked it refused
             self._skipped_updates += 1
             logger.warning(
                 "step %d: gradient norm is %s, update skipped (%d skipped so far)",
