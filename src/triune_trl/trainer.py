@@ -36,6 +36,11 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a forward
    without images also runs the vision tower on a dummy image with weight 0: parameters are gathered per module,
    so a text-only rank next to an image rank would otherwise abort the job.
+9. vLLM (`triune_trl.vllm_prompts`): in colocate mode, image prompts reach vLLM with one placeholder per image
+   (TRL sends the processor-expanded ids, which vLLM expands a second time). A completion whose vision pad was
+   replaced (5.) keeps no vLLM log-prob from that token on (they were sampled after the pad, which the trainer does
+   not score), as TRL drops those vLLM could not score. On vLLM's CPU platform TRL's per-parameter weight sync
+   fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import MISSING, fields
+from functools import partial
 
 import torch
 from accelerate.utils import gather_object
@@ -57,6 +63,8 @@ from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
 from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
 from .nonfinite import check_deepspeed_config, drop_update
+from .vllm_cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
+from .vllm_prompts import collapse_placeholder_runs, drop_replaced_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +73,7 @@ logger = logging.getLogger(__name__)
 _GENERATE_OUTPUTS = 8
 _COMPLETION_IDS_INDEX = 1
 _TOOL_MASK_INDEX = 2
+_LOGPROBS_INDEX = 4
 _IMAGES_INDEX = 6
 SKIPPED_UPDATES_KEY = "skipped_nonfinite_updates"
 
@@ -222,6 +231,8 @@ class TriuneGRPOTrainer(GRPOTrainer):
             deepspeed_plugin.zero_stage if deepspeed_plugin is not None else None,
             self.accelerator.num_processes,
         )
+        if self.use_vllm and self.vllm_mode == "colocate" and on_vllm_cpu_platform():  # 9. above
+            self.vllm_generation.sync_weights = partial(sync_weights_by_reload, self.vllm_generation)
 
     def _option(self, name: str):
         """A TriuneGRPOConfig option, or its default when the trainer was given a plain GRPOConfig."""
@@ -262,13 +273,19 @@ class TriuneGRPOTrainer(GRPOTrainer):
         outputs[_IMAGES_INDEX] = images_for_processor(outputs[_IMAGES_INDEX])
         self._vision_pads_replaced = None
         if self._pad_replacement_id is not None and self._vision_pad_ids:
+            generated_ids = outputs[_COMPLETION_IDS_INDEX]
             outputs[_COMPLETION_IDS_INDEX], self._vision_pads_replaced = replace_tokens(
-                outputs[_COMPLETION_IDS_INDEX], self._vision_pad_ids, self._pad_replacement_id,
-                outputs[_TOOL_MASK_INDEX],
+                generated_ids, self._vision_pad_ids, self._pad_replacement_id, outputs[_TOOL_MASK_INDEX],
             )
+            if outputs[_LOGPROBS_INDEX] is not None:  # vLLM's log-probs (9. above)
+                outputs[_LOGPROBS_INDEX] = drop_replaced_logprobs(
+                    outputs[_LOGPROBS_INDEX], generated_ids, outputs[_COMPLETION_IDS_INDEX]
+                )
         return tuple(outputs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.use_vllm and self.vllm_mode == "colocate" and images is not None:  # 9. above
+            prompt_ids = [collapse_placeholder_runs(ids, self._vision_pad_ids) for ids in prompt_ids]
         greedy = not self.model.training and self._option("eval_greedy")
         with self._greedy_decoding() if greedy else nullcontext():
             return super()._generate_single_turn(
