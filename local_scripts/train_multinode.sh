@@ -12,7 +12,9 @@
 # GPUS_PER_NODE [8], LAUNCHER [accelerate | torchrun], ACCELERATE_CONFIG [local_scripts/zero3.yaml],
 # DEEPSPEED_JSON [local_scripts/ds_zero3.json, torchrun only; none = DDP], RECIPE [recipes/configs/orsta_7b.yaml],
 # VLLM_SERVER_HOST / VLLM_SERVER_PORT [unset / 8000]: where local_scripts/vllm_serve.sh runs (recipes in vLLM
-# server mode). Arguments after the script's name are recipe overrides, e.g. --data_root /data/Orsta-Data-47k.
+# server mode). DDP_TIMEOUT [the recipe's ddp_timeout]: seconds a rank may wait in a collective, which in server mode
+# must cover a whole rollout (ranks wait while the server generates; the Orsta recipes set 7200 / 14400).
+# Arguments after the script's name are recipe overrides, e.g. --data_root /data/Orsta-Data-47k.
 # The recipe's per_device_train_batch_size x gradient_accumulation_steps x NNODES x GPUS_PER_NODE must equal the
 # completions per optimizer step: see the table in the recipe's comments.
 # TRIUNE_DRY_RUN=1 prints the launch command (one argument per line) instead of running it.
@@ -33,6 +35,9 @@ WORLD_SIZE=$((NNODES * GPUS_PER_NODE))
 recipe_args=(--config "$RECIPE")
 if [[ -n "${VLLM_SERVER_HOST:-}" ]]; then
   recipe_args+=(--vllm_server_host "$VLLM_SERVER_HOST" --vllm_server_port "${VLLM_SERVER_PORT:-8000}")
+fi
+if [[ -n "${DDP_TIMEOUT:-}" ]]; then
+  recipe_args+=(--ddp_timeout "$DDP_TIMEOUT")
 fi
 
 case "$LAUNCHER" in

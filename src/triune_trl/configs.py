@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .data.prompt_length import OVERLONG_MODES
 from .monitoring.run_files import last_complete_checkpoint
 from .rewards.iou_schedule import parse_iou_threshold
 
@@ -147,6 +148,23 @@ class TriuneScriptArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training rows after loading (smoke runs)."}
     )
+    max_prompt_length: int | None = field(
+        default=8192,
+        metadata={
+            "help": "Most tokens a prompt may have, text and image tokens together (computed for every row before "
+            "training from the image sizes, as the processor will expand them; the release's 8192). Keep "
+            "max_prompt_length + max_completion_length within the vLLM server's max model length: a longer prompt "
+            "gets HTTP 400 from vLLM and stops the run. null: no limit."
+        },
+    )
+    overlong_prompts: str = field(
+        default="drop",
+        metadata={
+            "help": "What happens to rows whose prompt is over max_prompt_length: 'drop' (the release's "
+            "filter_overlong_prompts; the dropped rows are counted per data source, logged and printed) or 'error' "
+            "(stop before training with one FILE:ROW line per such row)."
+        },
+    )
 
     def __post_init__(self):
         parse_iou_threshold(self.iou_threshold)  # fail on a bad setting before any data is loaded
@@ -157,6 +175,11 @@ class TriuneScriptArguments:
         if self.reward_batch_time_limit is not None and not self.reward_batch_time_limit > 0:
             raise ValueError(f"--reward_batch_time_limit must be > 0 seconds, got {self.reward_batch_time_limit}")
         self._check_reward_server_options()
+        if self.overlong_prompts not in OVERLONG_MODES:
+            modes = ", ".join(OVERLONG_MODES)
+            raise ValueError(f"--overlong_prompts must be one of {modes}, got {self.overlong_prompts!r}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"--max_prompt_length must be >= 1 (or null: no limit), got {self.max_prompt_length}")
         if self.rescale_rule not in ("release", "qwen-vl"):
             raise ValueError(f"--rescale_rule must be 'release' or 'qwen-vl', got {self.rescale_rule!r}")
         if self.rescale_min_pixels <= 0 or self.rescale_max_pixels < self.rescale_min_pixels:

@@ -15,6 +15,7 @@ from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 from .callbacks import DynamicIoUCallback
 from .configs import TriuneGRPOConfig, TriuneScriptArguments
 from .data import ImageSizing, load_data_config, load_split, make_image_resize
+from .data.prompt_length import PromptLimit, PromptTokenCounter
 from .distributed import apply_cpu_distributed_shim, check_world_size
 from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
 from .lora import apply_lora_defaults
@@ -76,6 +77,20 @@ def build_reward_router(script_args: TriuneScriptArguments) -> RewardRouter:
     )
 
 
+def check_length_budget(script_args: TriuneScriptArguments, training_args: GRPOConfig) -> None:
+    """ValueError when a prompt of max_prompt_length plus a full completion would not fit vLLM's model length."""
+    limit = getattr(training_args, "vllm_max_model_length", None)
+    if not training_args.use_vllm or limit is None or script_args.max_prompt_length is None:
+        return
+    need = script_args.max_prompt_length + training_args.max_completion_length
+    if need > limit:
+        raise ValueError(
+            f"max_prompt_length {script_args.max_prompt_length} + max_completion_length "
+            f"{training_args.max_completion_length} = {need} tokens is over vllm_max_model_length {limit}: vLLM would "
+            "refuse (HTTP 400) or cut such prompts; lower --max_prompt_length or raise --vllm_max_model_length"
+        )
+
+
 def build_trainer(
     script_args: TriuneScriptArguments, training_args: GRPOConfig, model_args: ModelConfig
 ) -> TriuneGRPOTrainer:
@@ -97,15 +112,20 @@ def build_trainer(
         script_args.rescale_min_pixels,
         script_args.rescale_max_pixels,
     )
+    check_length_budget(script_args, training_args)
+    prompt_limit = None
+    if script_args.max_prompt_length is not None:
+        prompt_limit = PromptLimit(PromptTokenCounter(processor), script_args.max_prompt_length,
+                                   script_args.overlong_prompts)
     data_config = load_data_config(script_args.data_config, data_root=script_args.data_root)
-    train_dataset = load_split(data_config, "train", sizing, rescale=rescale)
+    train_dataset = load_split(data_config, "train", sizing, rescale=rescale, prompt_limit=prompt_limit)
     if train_dataset is None:
         raise ValueError(f"{script_args.data_config}: the data config lists no train files")
     if script_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
     eval_dataset = None
     if training_args.eval_strategy != "no":
-        eval_dataset = load_split(data_config, "test", sizing, rescale=rescale)
+        eval_dataset = load_split(data_config, "test", sizing, rescale=rescale, prompt_limit=prompt_limit)
         if eval_dataset is None:
             raise ValueError(
                 f"{script_args.data_config}: eval_strategy is {training_args.eval_strategy!r} but the data config "

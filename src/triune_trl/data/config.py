@@ -42,6 +42,7 @@ import yaml
 
 from triune_trl.data.images import ImageResize, ImageSizing, ReleaseRescale
 from triune_trl.data.options import FORMATS, REWARD_KEYS, FileOptions, FileSpec, RewardDefaults
+from triune_trl.data.prompt_length import PromptLimit
 from triune_trl.errors import DataError, RewardSpecError
 
 __all__ = ["SPLITS", "DataConfig", "FileEntry", "load_data_config", "load_split"]
@@ -299,10 +300,17 @@ def load_split(
     *,
     validate: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    prompt_limit: PromptLimit | None = None,
 ) -> datasets.Dataset | None:
-    """The split's files as one Dataset of the row shape, or None when the config lists no files for it."""
+    """The split's files as one Dataset of the row shape, or None when the config lists no files for it.
+
+    `prompt_limit`: rows whose prompt is longer (in tokens) are dropped or reported (`data.prompt_length`).
+    """
     from triune_trl.data.loader import load_files  # the loader imports the readers; keep config import light
 
     if not config.entries(split):
         return None
-    return load_files(config.file_specs(split), sizing=sizing, rescale=rescale, validate=validate, cache_dir=cache_dir)
+    return load_files(
+        config.file_specs(split), sizing=sizing, rescale=rescale, validate=validate, cache_dir=cache_dir,
+        prompt_limit=prompt_limit,
+    )

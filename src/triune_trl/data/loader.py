@@ -32,6 +32,7 @@ from triune_trl.data import formats, orsta
 from triune_trl.data.cot_prompts import append_to_last_turn, cot_instruction, row_rng
 from triune_trl.data.images import ImageResize, ImageSizing, ReleaseRescale, load_image
 from triune_trl.data.options import FileOptions, FileSpec
+from triune_trl.data.prompt_length import PromptLimit, PromptTokenCounter, PromptTokens
 from triune_trl.data.rows import ROW_COLUMNS, LocatedProblem, Problem, RowPlan, SpecChecker, plan_row, raise_problems
 from triune_trl.errors import DataError
 
@@ -42,6 +43,8 @@ __all__ = [
     "iter_file_records",
     "load_files",
     "progress_bar",
+    "prompt_messages",
+    "prompt_tokens",
     "resolve_format",
     "scan_files",
     "select_indices",
@@ -206,8 +209,8 @@ def select_indices(n: int, options: FileOptions, key: str) -> list[int] | None:
     return base * whole + (sorted(rng.sample(base, extra)) if extra else [])
 
 
-def _prompts(scan: FileScan) -> list[str]:
-    """Stored prompts (JSON), with the CoT instruction of each mathverify row when the file asks for it."""
+def prompt_messages(scan: FileScan) -> list[list[dict[str, Any]]]:
+    """The rows' prompts as trained on: with the CoT instruction of each mathverify row when the file asks for it."""
     options, out = scan.spec.options, []
     for row, plan in zip(scan.rows, scan.plans, strict=True):
         messages = plan.messages
@@ -215,14 +218,24 @@ def _prompts(scan: FileScan) -> list[str]:
             text = cot_instruction(plan.reward_model, row_rng(options.seed, scan.spec.key, row))
             if text is not None:
                 messages = append_to_last_turn(messages, text)
-        out.append(json.dumps(messages, ensure_ascii=False))
+        out.append(messages)
     return out
 
 
-def _file_dataset(scan: FileScan, cache_dir: str | os.PathLike | None) -> datasets.Dataset:
-    """One scanned file in stored form (ROW_COLUMNS; prompt/reward_model as JSON), its row selection applied."""
+def prompt_tokens(scans: Sequence[FileScan], counter: PromptTokenCounter) -> list[list[PromptTokens]]:
+    """Per file, per row: the prompt's length in tokens as the processor will produce it (no pixels decoded)."""
+    return [counter.count(prompt_messages(scan), [plan.image_sizes for plan in scan.plans]) for scan in scans]
+
+
+def _file_dataset(
+    scan: FileScan, cache_dir: str | os.PathLike | None, dropped: set[int] | frozenset[int] = frozenset()
+) -> datasets.Dataset:
+    """One scanned file in stored form (ROW_COLUMNS; prompt/reward_model as JSON), its row selection applied.
+
+    `dropped`: positions (in the file's rows) left out, after `max_samples` / `weight` drew theirs.
+    """
     columns: dict[str, list] = {
-        "prompt": _prompts(scan),
+        "prompt": [json.dumps(messages, ensure_ascii=False) for messages in prompt_messages(scan)],
         "image_sizes": [plan.image_sizes for plan in scan.plans],
         "data_source": [plan.data_source for plan in scan.plans],
         "reward_model": [json.dumps(plan.reward_model, ensure_ascii=False) for plan in scan.plans],
@@ -243,6 +256,8 @@ def _file_dataset(scan: FileScan, cache_dir: str | os.PathLike | None) -> datase
         dataset = datasets.concatenate_datasets([image_column, dataset], axis=1)
     dataset = dataset.select_columns(list(ROW_COLUMNS))
     indices = select_indices(len(dataset), scan.spec.options, scan.spec.key)
+    if dropped:
+        indices = [i for i in (range(len(dataset)) if indices is None else indices) if i not in dropped]
     return dataset if indices is None else dataset.select(indices)
 
 
@@ -253,17 +268,31 @@ def load_files(
     rescale: ImageResize | None = ReleaseRescale(),
     validate: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    prompt_limit: PromptLimit | None = None,
 ) -> datasets.Dataset:
     """Read files of any format into one Dataset of the row shape; images are decoded on row access.
 
     Every problem in every file is reported together in one DataError before anything trains. `cache_dir` is the
-    `datasets` cache for the Arrow copy of parquet images (default: the `datasets` cache).
+    `datasets` cache for the Arrow copy of parquet images (default: the `datasets` cache). With a `prompt_limit`,
+    every row's prompt length in tokens is computed, and rows over it are dropped (counted per data source) or
+    reported as `FILE:ROW` errors, as the limit says.
     """
     if not specs:
         raise DataError("no data files to load")
     scans = scan_files(specs, sizing=sizing, rescale=rescale, validate=validate)
     raise_problems([problem for scan in scans for problem in scan.problems])
-    parts = [_file_dataset(scan, cache_dir) for scan in scans]
+    dropped: list[set[int]] = [set() for _ in scans]
+    if prompt_limit is not None:
+        counts = prompt_tokens(scans, prompt_limit.counter)
+        report = prompt_limit.check([
+            (str(scan.spec.path), scan.rows, [str(plan.data_source) for plan in scan.plans], file_counts)
+            for scan, file_counts in zip(scans, counts, strict=True)
+        ])
+        dropped = [{k for k, tokens in enumerate(file_counts) if tokens.total > prompt_limit.max_length}
+                   for file_counts in counts]
+        if report.over and all(len(d) == len(scan.rows) for d, scan in zip(dropped, scans, strict=True)):
+            raise DataError(f"every row is over max_prompt_length {prompt_limit.max_length}: {report.summary()}")
+    parts = [_file_dataset(scan, cache_dir, drop) for scan, drop in zip(scans, dropped, strict=True)]
     # concatenate_datasets may reorder columns (it keeps the blocks of the first file's table); restore the order.
     dataset = datasets.concatenate_datasets(parts).select_columns(list(ROW_COLUMNS))
     return dataset.with_transform(RowDecoder(rescale))
