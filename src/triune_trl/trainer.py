@@ -36,6 +36,11 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a forward
    without images also runs the vision tower on a dummy image with weight 0: parameters are gathered per module,
    so a text-only rank next to an image rank would otherwise abort the job.
+10. Images are decoded once per generation round (`triune_trl.data.deferred_images`): TRL's train DataLoader
+   yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
+   a round's images are decoded when it generates.
+11. A generation round's buffered image tensors wait in host memory, not on the accelerator, until their
+   micro-batch (`triune_trl.image_buffers`).
 9. vLLM (`triune_trl.vllm_prompts`): in colocate mode, image prompts reach vLLM with one placeholder per image
    (TRL sends the processor-expanded ids, which vLLM expands a second time). A completion whose vision pad was
    replaced (5.) keeps no vLLM log-prob from that token on (they were sampled after the pad, which the trainer does
@@ -53,6 +58,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import MISSING, fields
 from functools import partial
 
+import datasets
 import torch
 from accelerate.utils import gather_object
 from transformers import ProcessorMixin
@@ -60,6 +66,8 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
+from .data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_refs, resolve_images
+from .image_buffers import offload, onload
 from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
 from .nonfinite import check_deepspeed_config, drop_update
@@ -379,6 +387,39 @@ class TriuneGRPOTrainer(GRPOTrainer):
                 self._skipped_updates_total(),
             )
         return grad_norm
+
+    # --- images: decoded once per generation round, buffered in host memory ------------------------------------
+
+    def get_train_dataloader(self):
+        """TRL's train DataLoader over `DeferredImageDataset`: images are decoded when their round generates (10.)."""
+        dataset = self.train_dataset
+        self._deferred_images = None
+        if not isinstance(dataset, datasets.Dataset) or IMAGE_COLUMN not in dataset.column_names:
+            return super().get_train_dataloader()
+        self._deferred_images = DeferredImageDataset(dataset)
+        self.train_dataset = self._deferred_images  # only while TRL builds the loader from it
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset = dataset
+
+    def generation_rows(self, rows: list[dict]) -> list[dict]:
+        """A generation batch's rows as TRL generates from them: the train loader's image references decoded."""
+        deferred = getattr(self, "_deferred_images", None)
+        if deferred is None or not has_image_refs(rows):
+            return rows
+        return resolve_images(rows, deferred)
+
+    def _prepare_inputs(self, generation_batch):
+        training = self.model.training
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        generates = not training or self._step % generate_every == 0 or self._buffered_inputs is None  # as TRL
+        inputs = super()._prepare_inputs(self.generation_rows(generation_batch) if generates else generation_batch)
+        if training and self.accelerator.device.type != "cpu":  # 11.: one micro-batch's images on the accelerator
+            if generates:
+                self._buffered_inputs = offload(self._buffered_inputs)
+            inputs = onload(inputs, self.accelerator.device)
+        return inputs
 
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)
