@@ -118,20 +118,19 @@ def test_config_parses_with_command_line_overrides() -> None:
 
 
 def test_a_warm_start_trains_saves_and_reloads(tiny_model_dir: Path, sample_data_dir: Path, tmp_path: Path) -> None:
-    """A real SFTTrainer run; the frozen vision tower (vision_lr_scale 0) stays as it was, the rest moves."""
+    """A real SFTTrainer run through `triune warm-start`; the frozen vision tower (vision_lr_scale 0) stays as it was, the rest moves."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from triune_trl.warm_start import run
+    from triune_trl.cli import main
 
     config = write_data_config(tmp_path / "data.yaml", sample_data_dir, ["train/*.parquet"])
     out = tmp_path / "ws"
-    args = make_parser().parse_args_and_config(
-        ["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
-         "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "4",
+    assert main(
+        ["warm-start", "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config",
+         str(config), "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "4",
          "--vision_lr_scale", "0", "--learning_rate", "1e-2", "--warmup_steps", "0", "--logging_steps", "1"]
-    )
-    assert run(*args) == out
+    ) == 0
     before = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
     after = AutoModelForImageTextToText.from_pretrained(out)
     AutoProcessor.from_pretrained(out)
@@ -161,3 +160,18 @@ def test_blank_image_copy_keeps_sizes_and_everything_but_the_pixels(sample_root:
                 assert pixels_a.size == pixels_b.size and image_a["path"] == image_b["path"]
                 assert pixels_b.getcolors() == [(pixels_b.width * pixels_b.height, BLANK_COLOUR)]
                 assert len(pixels_a.getcolors()) > 1
+
+
+def test_max_train_seconds_ends_training_after_the_step_that_ran_out(
+    tiny_model_dir: Path, sample_data_dir: Path, tmp_path: Path
+) -> None:
+    from triune_trl.warm_start import run
+
+    config = write_data_config(tmp_path / "data.yaml", sample_data_dir, ["train/*.parquet"])
+    args = make_parser().parse_args_and_config(
+        ["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
+         "--output_dir", str(tmp_path / "ws"), "--max_steps", "50", "--per_device_train_batch_size", "2",
+         "--max_train_seconds", "1e-6", "--data_sources", "tag_format"]
+    )
+    out = run(*args)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1

@@ -26,13 +26,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from .errors import DataError
 
-__all__ = ["WarmStartArguments", "build_sft_dataset", "make_parser", "run", "sft_target"]
+__all__ = ["WallTimeLimit", "WarmStartArguments", "build_sft_dataset", "make_parser", "run", "sft_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,13 @@ class WarmStartArguments:
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first N rows only (after the data_sources filter)."}
+    )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after this many seconds of wall time (checked after every step), e.g. to give a "
+            "no-RL control exactly the time an RL run took (benchmarks/learning.py)."
+        },
     )
     vision_lr_scale: float = field(
         default=1.0,
@@ -163,6 +173,22 @@ def vision_param_groups(model, learning_rate: float, weight_decay: float, vision
     ]
 
 
+class WallTimeLimit(TrainerCallback):
+    """Ends training once `seconds` of wall time have passed since training began (checked after every step)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None and time.monotonic() - self._start >= self.seconds:
+            control.should_training_stop = True
+        return control
+
+
 def make_parser():
     """`TrlParser` over (WarmStartArguments, SFTConfig, ModelConfig): YAML via --config, CLI flags override it."""
     from trl import ModelConfig, SFTConfig, TrlParser
@@ -204,12 +230,14 @@ def build_trainer(script_args: WarmStartArguments, training_args, model_args):
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         eps=training_args.adam_epsilon,
     )
+    callbacks = [WallTimeLimit(script_args.max_train_seconds)] if script_args.max_train_seconds else None
     return SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
         processing_class=processor,
         optimizers=(optimizer, None),
+        callbacks=callbacks,
     )
 
 
