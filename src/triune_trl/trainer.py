@@ -70,6 +70,7 @@ from .data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_
 from .image_buffers import offload, onload
 from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
+from .monitoring.trackers import adjust_callbacks
 from .nonfinite import check_deepspeed_config, drop_update
 from .vllm_cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
 from .vllm_prompts import collapse_placeholder_runs, drop_replaced_logprobs
@@ -218,6 +219,7 @@ class TriuneGRPOTrainer(GRPOTrainer):
         if processing_class is not None:
             use_left_padding(processing_class)
         super().__init__(*args, processing_class=processing_class, **kwargs)
+        adjust_callbacks(self)  # console: headline scalars + per-source table; MLflow: names its file store holds
         self._source_monitor = SourceMonitor()
         # TRL's own image gather is one-sided on mixed-modality ranks (see 2. above); ours runs on every rank.
         self._log_images = self.log_multimodal and self.log_completions
