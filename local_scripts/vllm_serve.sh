@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The vLLM generation server for GRPO in server mode (`use_vllm: true`, `vllm_mode: server` in the Orsta recipes),
-# on GPUs that the trainer does not use. GPU only: vLLM does not run on a CPU-only host with this stack, and TRL's
-# weight sync from the trainer to the server is NCCL-only (see docs/scaling.md).
+# on GPUs that the trainer does not use. GPU only: TRL's weight sync from the trainer to the server is NCCL-only
+# (on a CPU host vLLM runs in colocate mode, inside the trainer: recipes/configs/tiny_cpu_vllm.yaml, docs/scaling.md).
 #
 #   CUDA_VISIBLE_DEVICES=7 local_scripts/vllm_serve.sh                                 # Orsta-7B, one GPU
 #   MODEL=Qwen/Qwen2.5-VL-32B-Instruct VLLM_TP=4 CUDA_VISIBLE_DEVICES=4,5,6,7 local_scripts/vllm_serve.sh
