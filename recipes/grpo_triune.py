@@ -11,12 +11,12 @@ The logic lives in `triune_trl.training` so that it is tested; this file only pa
 import sys
 
 from triune_trl.errors import TriuneError
-from triune_trl.training import make_parser, run
+from triune_trl.training import parse_args, run
 
 
 def main() -> int:
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
     try:
+        script_args, training_args, model_args = parse_args(command="python recipes/grpo_triune.py")
         run(script_args, training_args, model_args)
     except TriuneError as error:
         print(f"grpo_triune: error: {error}", file=sys.stderr)

@@ -22,9 +22,9 @@ from .errors import TriuneError
 
 
 def _train(argv: list[str]) -> int:
-    from .training import make_parser, run
+    from .training import parse_args, run
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    script_args, training_args, model_args = parse_args(argv)
     run(script_args, training_args, model_args)
     return 0
 

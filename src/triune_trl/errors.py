@@ -26,3 +26,7 @@ class InputLineError(TriuneError):
         self.path = path
         self.line = line
         self.message = message
+
+
+class UsageError(TriuneError):
+    """A command-line option, recipe key or launch setting is wrong; the message names it and says what to pass."""

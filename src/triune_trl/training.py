@@ -7,16 +7,19 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from transformers import AutoProcessor, set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
 from .callbacks import DynamicIoUCallback
+from .checks import check_data_root, check_launch_precision, check_model_path, load_model_error, parse_recipe_args
 from .configs import TriuneGRPOConfig, TriuneScriptArguments
 from .data import ImageSizing, load_data_config, load_split, make_image_resize
 from .data.prompt_length import PromptLimit, PromptTokenCounter
 from .distributed import apply_cpu_distributed_shim, check_world_size
+from .errors import UsageError
 from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
 from .lora import apply_lora_defaults
 from .rewards import RewardRouter
@@ -33,6 +36,14 @@ def make_parser() -> TrlParser:
     """
     apply_cpu_distributed_shim()
     return TrlParser((TriuneScriptArguments, TriuneGRPOConfig, ModelConfig))
+
+
+def parse_args(argv: list[str] | None = None, command: str = "triune train"):
+    """(script_args, training_args, model_args) of a command line; a wrong option or launch setting is a one-line
+    `UsageError` (`triune_trl.checks`) rather than a traceback."""
+    parsed = parse_recipe_args(make_parser(), list(sys.argv[1:] if argv is None else argv), command)
+    check_launch_precision(parsed[1])
+    return parsed
 
 
 def _model_init_kwargs(model_args: ModelConfig, training_args: GRPOConfig) -> dict:
@@ -96,16 +107,22 @@ def build_trainer(
 ) -> TriuneGRPOTrainer:
     """Everything up to `trainer.train()`: data is loaded and validated here, before any GPU time is spent."""
     if not model_args.model_name_or_path:
-        raise ValueError(
+        raise UsageError(
             "--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)"
         )
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_data_root(script_args.data_root, "--data_root")
     check_world_size(training_args.world_size)  # before any data loading: N silent copies of one run are worse
     apply_lora_defaults(model_args)  # --use_peft alone: LoRA on the language model only, the ViT stays frozen
     set_seed(training_args.seed)
     router = build_reward_router(script_args)  # before data loading: a missing reward server is found at once
-    processor = AutoProcessor.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left", truncation_side="left"
-    )
+    try:
+        processor = AutoProcessor.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left",
+            truncation_side="left",
+        )
+    except OSError as exc:  # a Hub id the Hub does not have, or cannot be reached for
+        raise load_model_error(model_args.model_name_or_path, "--model_name_or_path", exc) from None
     sizing = ImageSizing.from_processor(processor)
     rescale = make_image_resize(
         script_args.rescale_rule if script_args.rescale_images else "none",
