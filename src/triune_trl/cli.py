@@ -1,6 +1,7 @@
 """The `triune` command.
 
     triune train --config recipes/configs/tiny_cpu.yaml [--max_steps 10 ...]
+    triune preflight --config recipes/configs/orsta_7b.yaml [--num-processes 8] [overrides]
     triune tiny-model OUT
     triune data make-sample OUT
     triune reward score --input IN.jsonl --output OUT.jsonl
@@ -29,6 +30,12 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _preflight(argv: list[str]) -> int:
+    from .preflight import run_preflight
+
+    return run_preflight(argv)
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_model, is_tiny_model_dir
 
@@ -55,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(`triune train --help` lists them)",
         add_help=False,
     )
+    commands.add_parser(
+        "preflight",
+        help="check a recipe before renting the cluster: data, prompt tokens per source, batch geometry, host memory "
+        "for images, reward and vLLM servers; exit 1 on anything that would stop the run (no GPU, no weights)",
+        add_help=False,
+    )
     tiny = commands.add_parser("tiny-model", help="build the tiny offline Qwen2.5-VL (model + processor)")
     tiny.add_argument("out", help="output folder")
     tiny.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a model")
@@ -72,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "train":
             return _train(argv[1:])
+        if argv and argv[0] == "preflight":
+            return _preflight(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except TriuneError as error:

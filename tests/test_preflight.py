@@ -1,0 +1,110 @@
+"""`triune preflight`: the table on the tiny recipe and on orsta_7b.yaml with a tiny Orsta-shaped data root, and
+exit 1 on a bad row, on a reward server that is down and on an unreachable vLLM server (real closed ports on
+127.0.0.1). No GPU and no model weights: the processor comes from the tiny model folder."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from triune_trl.cli import main
+
+from .conftest import REPO_ROOT, write_data_config
+from .test_data_orsta import image_bytes, orsta_row, write_orsta
+
+ORSTA_7B = REPO_ROOT / "recipes" / "configs" / "orsta_7b.yaml"
+TINY = REPO_ROOT / "recipes" / "configs" / "tiny_cpu.yaml"
+ORSTA_ROUND = 1024  # prompts per generation round of orsta_7b on 8 training processes
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def orsta_root(tmp_path_factory):
+    """An Orsta-Data-47k-shaped folder: train/ and test/ parquet files, one round of orsta_7b prompts and a few."""
+    root = tmp_path_factory.mktemp("orsta")
+    small, wide = image_bytes(64, 48), image_bytes(120, 40)
+    math = [orsta_row(f"<image>What is {i} + 1?", [small if i % 2 else wide]) for i in range(ORSTA_ROUND - 24)]
+    text = [dict(orsta_row(f"What is {i} * 2?", []), data_source="text_math") for i in range(40)]
+    write_orsta(root / "train" / "train_math_mmmath_1000.parquet", math)
+    write_orsta(root / "train" / "train_math_textmath_40.parquet", text)
+    write_orsta(root / "test" / "test_math_mmmath_4.parquet", math[:4])
+    return root
+
+
+def _preflight(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["preflight", *argv])
+    return code, capsys.readouterr().out
+
+
+def test_tiny_recipe(capsys, tiny_model_dir, sample_data_dir, tmp_path):
+    config = write_data_config(tmp_path / "d.yaml", sample_data_dir, ["train/*.parquet"])
+    code, out = _preflight(capsys, "--config", str(TINY), "--model_name_or_path", str(tiny_model_dir),
+                           "--data_config", str(config), "--num-processes", "1")
+    assert code == 0, out
+    assert "preflight: ok" in out and "loaded, no weights: Qwen2_5_VLProcessor" in out
+    for source in ("mm_math", "v3det_train", "text_math", "tag_format"):
+        assert source in out
+    assert "16 = 4 prompts x 4 generations" in out  # tiny_cpu: per-device 16, num_generations 4
+    assert "20 (20 rounds of 4 prompts, 80 rows kept)" in out and "60 (max_steps)" in out
+
+
+def test_orsta_7b_with_a_tiny_orsta_root(capsys, tiny_model_dir, orsta_root):
+    code, out = _preflight(capsys, "--config", str(ORSTA_7B), "--model_name_or_path", str(tiny_model_dir),
+                           "--data_root", str(orsta_root), "--use_vllm", "false")
+    assert code == 0, out
+    assert "8192 = 8 per device x 128 accumulation x 8" in out
+    assert "8192 = 1024 prompts x 8 generations" in out and "(steps_per_generation 128)" in out
+    assert "optimizer updates per rollout batch │ 1 " in out
+    assert "1 (1 rounds of 1024 prompts, 1040 rows kept)" in out and "3 (3 epochs)" in out
+    assert "mm_math" in out and "text_math" in out and "prompt tokens (test)" in out
+    assert "buffered pixel_values of one round" in out and "bf16 under DeepSpeed" in out
+
+
+def test_rows_over_budget_are_counted_and_stop_the_run_in_error_mode(capsys, tiny_model_dir, orsta_root):
+    argv = ["--config", str(ORSTA_7B), "--model_name_or_path", str(tiny_model_dir), "--data_root", str(orsta_root),
+            "--use_vllm", "false", "--max_prompt_length", "110"]  # between the shortest and longest prompts
+    code, out = _preflight(capsys, *argv)
+    assert code == 1 and re.search(r"steps per epoch\s*│\s*0 \(0 rounds of 1024 prompts", out), out  # too few left
+    code, out = _preflight(capsys, *argv, "--num-processes", "1", "--gradient_accumulation_steps", "16")
+    assert code == 0, out
+    over = re.search(r"over max_prompt_length 110\s*│\s*(\d+) rows would be dropped", out)
+    per_source = [int(n) for n in re.findall(r"over 110: (\d+)", out.split("prompt tokens (test)")[0])]
+    assert over and len(per_source) == 2 and sum(per_source) == int(over.group(1)) < 1040, out
+    code, out = _preflight(capsys, *argv, "--overlong_prompts", "error")
+    assert code == 1 and "would stop the run (overlong_prompts: error)" in out, out
+
+
+def test_a_bad_row_fails(capsys, tiny_model_dir, orsta_root, tmp_path):
+    bad = dict(orsta_row("<image>Broken?", [image_bytes(32, 32)]))
+    bad["reward_model"] = {**bad["reward_model"], "verifier": "no_such_verifier"}
+    path = write_orsta(tmp_path / "bad" / "train" / "train_bad_1.parquet", [orsta_row("Fine?", []), bad])
+    config = write_data_config(tmp_path / "bad.yaml", tmp_path / "bad", ["train/*.parquet"])
+    code, out = _preflight(capsys, "--config", str(TINY), "--model_name_or_path", str(tiny_model_dir),
+                           "--data_config", str(config), "--num-processes", "1")
+    assert code == 1, out
+    assert "train problems" in out and "FAIL" in out
+    assert f"{path}:1: reward_model.verifier" in out
+
+
+def test_a_reward_server_that_is_down_fails(capsys, tiny_model_dir, orsta_root):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    code, out = _preflight(capsys, "--config", str(ORSTA_7B), "--model_name_or_path", str(tiny_model_dir),
+                           "--data_root", str(orsta_root), "--use_vllm", "false", "--reward_server_urls", url)
+    assert code == 1, out
+    assert f"reward server {url}" in out and "down: ConnectError" in out
+
+
+def test_an_unreachable_vllm_server_fails(capsys, tiny_model_dir, orsta_root):
+    port = _closed_port()
+    code, out = _preflight(capsys, "--config", str(ORSTA_7B), "--model_name_or_path", str(tiny_model_dir),
+                           "--data_root", str(orsta_root), "--vllm_server_host", "127.0.0.1",
+                           "--vllm_server_port", str(port))
+    assert code == 1, out
+    assert f"vLLM server http://127.0.0.1:{port}" in out and "unreachable" in out
