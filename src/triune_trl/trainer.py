@@ -36,16 +36,16 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a forward
    without images also runs the vision tower on a dummy image with weight 0: parameters are gathered per module,
    so a text-only rank next to an image rank would otherwise abort the job.
-10. Images are decoded once per generation round (`triune_trl.data.deferred_images`): TRL's train DataLoader
-   yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
-   a round's images are decoded when it generates.
-11. A generation round's buffered image tensors wait in host memory, not on the accelerator, until their
-   micro-batch (`triune_trl.image_buffers`).
 9. vLLM (`triune_trl.vllm_prompts`): in colocate mode, image prompts reach vLLM with one placeholder per image
    (TRL sends the processor-expanded ids, which vLLM expands a second time). A completion whose vision pad was
    replaced (5.) keeps no vLLM log-prob from that token on (they were sampled after the pad, which the trainer does
    not score), as TRL drops those vLLM could not score. On vLLM's CPU platform TRL's per-parameter weight sync
    fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's.
+10. Images are decoded once per generation round (`triune_trl.data.deferred_images`): TRL's train DataLoader
+   yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
+   a round's images are decoded when it generates.
+11. A generation round's buffered image tensors wait in host memory, not on the accelerator, until their
+   micro-batch (`triune_trl.image_buffers`).
 """
 
 from __future__ import annotations
