@@ -3,6 +3,7 @@ the GPU runs themselves need GPUs)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 
@@ -18,6 +19,7 @@ COLOCATE = ["--vllm_mode", "colocate", "--vllm_enable_sleep_mode", "true"]
 CPU_ONLY = ["--bf16", "false", "--use_cpu", "true"]  # only so that GRPOConfig's checks run on this host
 
 
+@functools.cache
 def _parse(recipe, *overrides: str):
     return make_parser().parse_args_and_config(["--config", str(recipe), *overrides, *CPU_ONLY])
 
