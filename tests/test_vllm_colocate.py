@@ -38,6 +38,8 @@ from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
 from triune_trl.vllm_cpu_sync import refresh_tied_output_layers  # noqa: E402
 from triune_trl.vllm_prompts import collapse_placeholder_runs  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the shared engine takes ~30-40 s to start on 2 cores
+
 # |log p_vLLM - log p_trainer| per token allowed for the same weights (measured: <= 0.006 here, vLLM runs bf16)
 TOLERANCE = 0.02
 
