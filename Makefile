@@ -1,5 +1,7 @@
 # The two set-up commands of the README. Each installs into .venv on a fresh machine first.
-#   make demo   build the tiny offline model and the bundled sample data if missing, then train the tiny recipe
+#   make demo   the learning demo: build the learn tiny model and its sample data if missing, warm-start it (SFT,
+#               cached in artifacts/warm_start), evaluate, run V-Triune RL (tiny_learn.yaml), evaluate again and
+#               print the per-source before/after table; the old 60-step random-model run is tiny_cpu.yaml
 #   make test   run the test suite (CI runs exactly this through .ci/run)
 # torch is installed only when the venv has none: override TORCH_SPEC for your CUDA build, e.g.
 #   make demo TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu124"
@@ -36,8 +38,32 @@ $(SAMPLE_DATA)/.complete: $(VENV)/.installed
 	$(BIN)/triune data make-sample $(SAMPLE_DATA)
 	touch $@
 
-demo: $(TINY_MODEL)/config.json $(SAMPLE_DATA)/.complete
-	$(BIN)/python recipes/grpo_triune.py --config recipes/configs/tiny_cpu.yaml
+LEARN_MODEL := artifacts/tiny-qwen2.5-vl-learn
+LEARN_DATA := artifacts/sample_learn
+WARM_START := artifacts/warm_start
+DEMO_RUN := outputs/tiny_learn
+DEMO_EVAL := --data-config data_configs/sample_learn.yaml --batch-size 32 --max-completion-length 32
+SEED ?= 0
+
+$(LEARN_MODEL)/config.json: $(VENV)/.installed
+	$(BIN)/triune tiny-model $(LEARN_MODEL) --preset learn
+
+$(LEARN_DATA)/.complete: $(VENV)/.installed
+	$(BIN)/triune data make-sample $(LEARN_DATA) --seed $(SEED) --train-rows 600 --test-rows 60
+	touch $@
+
+$(WARM_START)/.complete: $(LEARN_MODEL)/config.json $(LEARN_DATA)/.complete recipes/configs/tiny_warm_start.yaml
+	$(BIN)/triune warm-start --config recipes/configs/tiny_warm_start.yaml
+	$(BIN)/triune eval --model $(WARM_START) $(DEMO_EVAL) --out $(WARM_START)/eval_test
+	touch $@
+
+demo: $(WARM_START)/.complete
+	$(BIN)/triune train --config recipes/configs/tiny_learn.yaml --output_dir $(DEMO_RUN)
+	$(BIN)/triune eval --model $(DEMO_RUN) $(DEMO_EVAL) --out $(DEMO_RUN)/eval_test
+	$(BIN)/triune plot $(DEMO_RUN) --out $(DEMO_RUN)/report.png
+	$(BIN)/python -m triune_trl.learning --data-config data_configs/sample_learn.yaml \
+	  --processor $(WARM_START) --before $(WARM_START)/eval_test --after $(DEMO_RUN)/eval_test \
+	  --out $(DEMO_RUN)/before_after.json
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,7 +11,8 @@ process:
 3. RL: `triune train --config recipes/configs/tiny_learn.yaml` from the warm start (dynamic IoU), timed;
 4. greedy `triune eval` on the test split of: the warm start, the RL model, the RL model on blank images (image
    ablation), the no-RL control (the warm start trained further with SFT for the RL run's wall time, same data),
-   and an RL run with a fixed IoU threshold of 0.5 instead of the dynamic schedule;
+   and, when the data has detection or grounding rows, an RL run with a fixed IoU threshold of 0.5 instead of
+   the dynamic schedule;
 5. a table per source: majority baseline, warm start, after RL, difference ± standard error
    (`triune_trl.learning`), blank-image, no-RL control and fixed-IoU accuracies. Written to
    benchmarks/results/learning.json and learning.md.
@@ -45,7 +46,12 @@ def triune(*args: str) -> float:
 
 
 def data_config(path: Path, root: Path) -> Path:
-    path.write_text(f"root: {root}\ntrain:\n  - path: train/*.parquet\ntest:\n  - path: test/*.parquet\n")
+    """The demo's data config (data_configs/sample_learn.yaml: its sources) with its files under `root`."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "data_configs" / "sample_learn.yaml").read_text())
+    config["root"] = str(root)
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=int, default=600)
     parser.add_argument("--test-rows", type=int, default=200)
     parser.add_argument("--rl-steps", type=int, default=None, help="override tiny_learn.yaml's max_steps")
-    parser.add_argument("--max-completion-length", type=int, default=96)
+    parser.add_argument("--max-completion-length", type=int, default=32)
     parser.add_argument("--skip-controls", action="store_true", help="only warm start, RL and the image ablation")
     parser.add_argument("--results", default=str(RESULTS), help="folder for learning.json / learning.md")
     args = parser.parse_args(argv)
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--data_config", str(config), "--output_dir", str(sft), "--max_train_seconds", f"{rl_seconds:.0f}",
                 "--warmup_steps", "0", "--seed", "43")
         columns["no_rl_control"] = evaluate(sft, config, sft / "eval_test", mcl)
+    if not args.skip_controls and any(source in before for source in ("v3det_train", "d3")):
         fixed = work / "rl_fixed_iou"
         if not (fixed / "config.json").is_file():
             timings["rl_fixed_iou_s"] = triune(

@@ -175,3 +175,17 @@ def test_max_train_seconds_ends_training_after_the_step_that_ran_out(
     )
     out = run(*args)
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_learn_preset_sees_the_sample_canvas_as_64_tokens_with_short_prompts() -> None:
+    """The learn model's processor keeps a 224 px image at 8 x 8 merged tokens; its BPE knows the task prompts."""
+    import random
+
+    from triune_trl.tiny import build_processor
+
+    learn, test = build_processor(LEARN_SPEC), build_processor(TinySpec())
+    image = Image.new("RGB", (CANVAS, CANVAS), (255, 255, 255))
+    grid = learn.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
+    assert grid == [1, 16, 16]  # 16 x 16 patches of 14 px, merged 2 x 2: 64 tokens
+    question = next(s for s in SAMPLE_SOURCES if s.data_source == "v3det_train").build(random.Random(0)).question
+    assert len(learn.tokenizer(question)["input_ids"]) < 0.7 * len(test.tokenizer(question)["input_ids"])
