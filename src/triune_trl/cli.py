@@ -2,7 +2,8 @@
 
     triune train --config recipes/configs/tiny_cpu.yaml [--max_steps 10 ...]
     triune preflight --config recipes/configs/orsta_7b.yaml [--num-processes 8] [overrides]
-    triune tiny-model OUT
+    triune tiny-model OUT [--preset learn]
+    triune warm-start --config recipes/configs/tiny_warm_start.yaml
     triune data make-sample OUT
     triune reward score --input IN.jsonl --output OUT.jsonl
     triune serve-rewards --port 8192 --workers 4 [--token-file F]
@@ -30,6 +31,14 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _warm_start(argv: list[str]) -> int:
+    from .warm_start import make_parser, run
+
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    run(script_args, training_args, model_args)
+    return 0
+
+
 def _preflight(argv: list[str]) -> int:
     from .preflight import run_preflight
 
@@ -37,12 +46,12 @@ def _preflight(argv: list[str]) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import build_tiny_model, is_tiny_model_dir
+    from .tiny import PRESETS, build_tiny_model, is_tiny_model_dir
 
     if is_tiny_model_dir(args.out) and not args.force:
         print(f"{args.out} already holds a model; pass --force to rebuild it")
         return 0
-    out = build_tiny_model(args.out)
+    out = build_tiny_model(args.out, PRESETS[args.preset])
     print(f"tiny Qwen2.5-VL (model + processor) written to {out}")
     return 0
 
@@ -63,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     commands.add_parser(
+        "warm-start",
+        help="supervised warm start (TRL SFTTrainer) from a YAML recipe; every WarmStartArguments/SFTConfig/"
+        "ModelConfig flag is accepted",
+        add_help=False,
+    )
+    commands.add_parser(
         "preflight",
         help="check a recipe before renting the cluster: data, prompt tokens per source, batch geometry, host memory "
         "for images, reward and vLLM servers; exit 1 on anything that would stop the run (no GPU, no weights)",
@@ -71,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="build the tiny offline Qwen2.5-VL (model + processor)")
     tiny.add_argument("out", help="output folder")
     tiny.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a model")
+    tiny.add_argument(
+        "--preset",
+        choices=("test", "learn"),
+        default="test",
+        help="test: ~0.6M parameters, 4-16 vision tokens (tests, tiny_cpu.yaml); learn: the learning demo's larger "
+        "model, 64 vision tokens per image (make demo)",
+    )
     tiny.set_defaults(func=_tiny_model)
     register_data(commands)
     register_rewards(commands)
@@ -87,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(argv[1:])
         if argv and argv[0] == "preflight":
             return _preflight(argv[1:])
+        if argv and argv[0] == "warm-start":
+            return _warm_start(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except TriuneError as error:
