@@ -101,7 +101,8 @@ def test_per_source_means_agree_with_the_routers_batch_means(monitored_run):
         verified = {s: entry[metric_key("num_completions", s)] - entry[metric_key("unverifiable_count", s)]
                     for s in sources}
         weighted = sum(entry[metric_key("reward_accuracy", s)] * verified[s] for s in sources) / sum(verified.values())
-        assert weighted == pytest.approx(entry["rewards/accuracy"], abs=1e-9)
+        # TRL averages log_metric values (the router's rewards/accuracy) in a float32 tensor across ranks
+        assert weighted == pytest.approx(entry["rewards/accuracy"], rel=1e-6, abs=1e-7)
         assert entry[metric_key("frac_reward_zero_std", "mm_math")] in (0.0, 0.5, 1.0)  # 2 prompt groups
 
 
