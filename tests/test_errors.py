@@ -126,3 +126,19 @@ def test_an_accelerate_deepspeed_launch_whose_mixed_precision_disagrees_with_the
         "--mixed_precision) but the recipe trains with fp32 (bf16: false); DeepSpeed refuses the mismatch: add "
         "--mixed_precision no to accelerate launch (before the script), or pass --bf16 true to the recipe"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["eval", "--modle", "m", "--data-config", "d.yaml"],
+         "triune eval: error: the following arguments are required: --model; unknown option --modle (did you mean "
+         "--model?)"),
+        (["plot", "run", "--outt", "x.png"],
+         "triune plot: error: unrecognized arguments: --outt x.png; unknown option --outt (did you mean --out?)"),
+    ],
+)  # fmt: skip
+def test_the_other_subcommands_name_the_closest_option_too(command, expected):
+    result = run(TRIUNE, *command)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == expected

@@ -12,14 +12,23 @@ names the option and the fix instead of a library traceback minutes later.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import re
+import sys
 from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["check_data_root", "check_launch_precision", "check_model_path", "load_model_error", "parse_recipe_args"]
+__all__ = [
+    "SuggestingArgumentParser",
+    "check_data_root",
+    "check_launch_precision",
+    "check_model_path",
+    "load_model_error",
+    "parse_recipe_args",
+]
 
 _BF16_UNSUPPORTED = "doesn't support bf16"
 
@@ -31,6 +40,34 @@ def _closest(name: str, known: list[str]) -> str:
 
 def _option_names(parser) -> list[str]:
     return sorted({option for action in parser._actions for option in action.option_strings if option.startswith("--")})
+
+
+class SuggestingArgumentParser(argparse.ArgumentParser):
+    """argparse for the `triune` subcommands, whose errors also name the closest known option of a mistyped one.
+
+    argparse reports a mistyped required option as missing, and any other as unrecognized, without saying what was
+    meant; this adds `; unknown option --modle (did you mean --model?)`. `argv` is the command line being parsed
+    (set on the class by `triune_trl.cli.main`, so that subcommand parsers see it too; default `sys.argv[1:]`).
+    """
+
+    argv: list[str] | None = None
+
+    def _chosen(self, tokens: list[str]) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self
+        for token in tokens:
+            subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if subcommands and token in subcommands[0].choices:
+                parser = subcommands[0].choices[token]
+        return parser
+
+    def error(self, message: str):
+        tokens = list(self.argv if self.argv is not None else sys.argv[1:])
+        parser = self._chosen(tokens)
+        known = _option_names(parser)
+        unknown = [token.split("=", 1)[0] for token in tokens if token.startswith("--")]
+        hints = [f"unknown option {name}{_closest(name, known)}" for name in unknown if name not in known]
+        parser.print_usage(sys.stderr)
+        self.exit(2, f"{parser.prog}: error: {'; '.join([message, *hints])}\n")
 
 
 def _unknown(strings: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .checks import SuggestingArgumentParser
 from .errors import TriuneError
 
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .score_file import register as register_rewards
     from .server.cli import register as register_server
 
-    parser = argparse.ArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
+    parser = SuggestingArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "train",
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             return _preflight(argv[1:])
         if argv and argv[0] == "warm-start":
             return _warm_start(argv[1:])
+        SuggestingArgumentParser.argv = argv  # every (sub)parser's error then names the closest known option
         args = build_parser().parse_args(argv)
         return args.func(args)
     except TriuneError as error:
