@@ -81,3 +81,12 @@ def test_mlflow_names_rename_only_a_name_that_is_also_a_family():
     # a family seen in an earlier entry still counts: `eval_reward` alone is no longer a leaf
     assert leaf_safe_names({"eval_reward": 4.0}, families) == {"eval_reward/all": 4.0}
     assert leaf_safe_names({"rewards/accuracy": 1.0}) == {"rewards/accuracy": 1.0}
+
+
+def test_report_to_takes_a_comma_separated_list_on_the_command_line():
+    from tests.conftest import REPO_ROOT
+    from triune_trl.training import make_parser
+
+    recipe = str(REPO_ROOT / "recipes" / "configs" / "tiny_cpu.yaml")
+    _, args, _ = make_parser().parse_args_and_config(["--config", recipe, "--report_to", "tensorboard, mlflow"])
+    assert args.report_to == ["tensorboard", "mlflow"]

@@ -294,4 +294,6 @@ class TriuneGRPOConfig(GRPOConfig):
                     "to start from scratch"
                 )
             self.resume_from_checkpoint = str(checkpoint)
+        if isinstance(self.report_to, str) and "," in self.report_to:  # a command line gives one string
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
         super().__post_init__()
