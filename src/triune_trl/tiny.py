@@ -58,9 +58,11 @@ class TinySpec:
     prompt_corpus: bool = False
 
 
-# The learning demo's model (`triune tiny-model OUT --preset learn`, `make demo`): wide enough to learn the sample
-# tasks from pixels in minutes on a CPU, and 64 merged vision tokens per image (224 x 224 pixels as the model sees
-# it), so that the shapes of the sample images are several patches wide. Heads stay 32 wide (vLLM's CPU attention).
+# The learning demo's model (`triune tiny-model OUT --preset learn`, `make demo`): 1.9M parameters, 64 merged
+# vision tokens per image (224 x 224 pixels as the model sees it, so the sample's 44 px shapes span 2 x 2 tokens)
+# and a BPE that knows the task prompts. Sized for a CPU budget of minutes; whether it learns the sample tasks from
+# pixels in that budget is measured in benchmarks/results/learning.md (not yet). Heads stay 32 wide (vLLM's CPU
+# attention).
 LEARN_SPEC = TinySpec(
     vocab_size=2048,
     hidden_size=128,
