@@ -38,6 +38,10 @@ def scored_targets(rows) -> list[tuple[str, dict, dict]]:
     return out
 
 
+def without_images(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "images"}
+
+
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("warm") / "sample"
@@ -84,7 +88,8 @@ def test_targets_use_each_verifiers_layout() -> None:
     assert sft_target(math, (224, 224)) == "\\boxed{7}"
     close = {**math, "format_ratio": 0.1}
     assert sft_target(close, None) == "<think>\n\n</think>\n<answer>\n\\boxed{7}\n</answer>"
-    box = {"verifier": "detection", "ground_truth": "<answer>\n[{'bbox_2d': [250, 500, 446, 696], 'label': 'red circle'}]\n</answer>"}
+    gold = "<answer>\n[{'bbox_2d': [250, 500, 446, 696], 'label': 'red circle'}]\n</answer>"
+    box = {"verifier": "detection", "ground_truth": gold}
     assert json.loads(sft_target(box, (224, 224)).split("<answer>\n")[1].split("\n</answer>")[0]) == [
         {"bbox_2d": [56, 112, 100, 156], "label": "red circle"}
     ]
@@ -118,7 +123,7 @@ def test_config_parses_with_command_line_overrides() -> None:
 
 
 def test_a_warm_start_trains_saves_and_reloads(tiny_model_dir: Path, sample_data_dir: Path, tmp_path: Path) -> None:
-    """A real SFTTrainer run through `triune warm-start`; the frozen vision tower (vision_lr_scale 0) stays as it was, the rest moves."""
+    """A real SFTTrainer run through `triune warm-start`; a frozen vision tower (vision_lr_scale 0) stays as it was."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -153,7 +158,7 @@ def test_blank_image_copy_keeps_sizes_and_everything_but_the_pixels(sample_root:
         a, b = pq.read_table(original), pq.read_table(copy)
         assert a.schema == b.schema and a.num_rows == b.num_rows
         for row_a, row_b in zip(a.to_pylist(), b.to_pylist(), strict=True):
-            assert {k: v for k, v in row_a.items() if k != "images"} == {k: v for k, v in row_b.items() if k != "images"}
+            assert without_images(row_a) == without_images(row_b)
             for image_a, image_b in zip(row_a["images"], row_b["images"], strict=True):
                 pixels_a = Image.open(io.BytesIO(image_a["bytes"])).convert("RGB")
                 pixels_b = Image.open(io.BytesIO(image_b["bytes"])).convert("RGB")

@@ -34,8 +34,8 @@ def blank_image_copy(src_dir: str | Path, out_dir: str | Path) -> list[Path]:
     Files are Orsta-layout parquet (an `images` column of `{bytes, path}` structs); the schema, including the
     `datasets` feature metadata, is kept, so every reader treats the copy as the original.
     """
-    import pyarrow.parquet as pq
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     src, out = Path(src_dir), Path(out_dir)
     files = sorted(src.rglob("*.parquet"))
