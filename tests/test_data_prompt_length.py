@@ -4,6 +4,7 @@ reported as FILE:ROW errors; the run's check against vLLM's max model length."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ from triune_trl.configs import TriuneScriptArguments
 from triune_trl.data import FileSpec, ImageSizing, load_data_config, load_files, load_split
 from triune_trl.data.loader import prompt_tokens, scan_files
 from triune_trl.data.prompt_length import PromptLimit, PromptTokenCounter
-from triune_trl.errors import DataError
+from triune_trl.errors import DataError, UsageError
 from triune_trl.training import check_length_budget
 
 from .conftest import write_data_config
@@ -106,6 +107,18 @@ def test_options_and_the_vllm_length_check():
     script = TriuneScriptArguments(max_prompt_length=8192)
     fits = SimpleNamespace(use_vllm=True, vllm_max_model_length=10240, max_completion_length=2048)
     check_length_budget(script, fits)
-    with pytest.raises(ValueError, match="8192 \\+ max_completion_length 4096 = 12288 tokens is over vllm_max_model"):
+    with pytest.raises(UsageError, match="8192 \\+ max_completion_length 4096 = 12288 tokens is over vllm_max_model"):
         check_length_budget(script, SimpleNamespace(use_vllm=True, vllm_max_model_length=10240,
                                                     max_completion_length=4096))
+
+
+def test_a_budget_over_the_vllm_model_length_stops_triune_train_in_one_line(capsys, tiny_model_dir, tmp_path):
+    from triune_trl.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu_vllm.yaml"
+    code = main(["train", "--config", str(recipe), "--model_name_or_path", str(tiny_model_dir),
+                 "--output_dir", str(tmp_path / "out"), "--max_prompt_length", "1000",
+                 "--vllm_max_model_length", "512"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("triune: error: max_prompt_length 1000 + max_completion_length 32 = 1032 tokens is over")

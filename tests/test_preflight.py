@@ -108,3 +108,20 @@ def test_an_unreachable_vllm_server_fails(capsys, tiny_model_dir, orsta_root):
                            "--vllm_server_port", str(port))
     assert code == 1, out
     assert f"vLLM server http://127.0.0.1:{port}" in out and "unreachable" in out
+
+
+def test_a_mistyped_option_is_one_line_not_a_traceback(capsys, tiny_model_dir):
+    code = main(["preflight", "--config", str(TINY), "--model_name_or_path", str(tiny_model_dir),
+                 "--lerning_rate", "3"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert "triune: error: unknown option --lerning_rate (did you mean --learning_rate?)" in err
+    assert "`triune preflight --help` lists every option" in err
+
+
+def test_a_prompt_budget_over_the_vllm_model_length_fails(capsys, tiny_model_dir, orsta_root):
+    code, out = _preflight(capsys, "--config", str(ORSTA_7B), "--model_name_or_path", str(tiny_model_dir),
+                           "--data_root", str(orsta_root), "--use_vllm", "true", "--vllm_mode", "colocate",
+                           "--vllm_max_model_length", "9000")
+    assert code == 1, out
+    assert "prompt budget" in out and "8192 + max_completion_length 2048 = 10240 tokens is over" in out

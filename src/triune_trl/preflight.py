@@ -13,7 +13,8 @@ weights, no GPU), and reports in one table:
 * the reward servers' /health and the vLLM server's reachability and served model, when the recipe uses them.
 
 Exit status 1 when anything would stop the run (a bad row, prompts over budget in error mode, every row over budget,
-a reward server or the vLLM server down, a processor that does not load), else 0.
+max_prompt_length + max_completion_length over vllm_max_model_length, a reward server or the vLLM server down, a
+processor that does not load), else 0.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 CPU_PARSE = ["--use_cpu", "true"]  # parse on this host (no accelerator needed); bf16 stays as the recipe says
 HTTP_TIMEOUT = 5.0
@@ -273,11 +274,19 @@ def run_preflight(argv: Sequence[str]) -> int:
     import datasets
     from transformers import AutoProcessor
 
-    from .training import make_parser
+    from .checks import parse_recipe_args
+    from .training import check_length_budget, make_parser
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=[*recipe_argv, *CPU_PARSE])
+    # as `triune train` parses: a mistyped option or recipe key is one UsageError line (cli.main), not a traceback
+    script_args, training_args, model_args = parse_recipe_args(
+        make_parser(), [*recipe_argv, *CPU_PARSE], "triune preflight"
+    )
     datasets.disable_progress_bars()  # the table is the output
     report = Report()
+    try:  # the run stops on this before loading anything, so preflight must too
+        check_length_budget(script_args, training_args)
+    except UsageError as exc:
+        report.add("prompt budget", "max_prompt_length + max_completion_length", str(exc), FAIL)
     model = model_args.model_name_or_path
     try:
         processor = AutoProcessor.from_pretrained(model, revision=model_args.model_revision)

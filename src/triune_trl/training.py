@@ -89,13 +89,15 @@ def build_reward_router(script_args: TriuneScriptArguments) -> RewardRouter:
 
 
 def check_length_budget(script_args: TriuneScriptArguments, training_args: GRPOConfig) -> None:
-    """ValueError when a prompt of max_prompt_length plus a full completion would not fit vLLM's model length."""
+    """`UsageError` when a prompt of max_prompt_length plus a full completion would not fit vLLM's model length.
+
+    Checked before the processor loads: the fix is a recipe setting, so it is one line, not a traceback."""
     limit = getattr(training_args, "vllm_max_model_length", None)
     if not training_args.use_vllm or limit is None or script_args.max_prompt_length is None:
         return
     need = script_args.max_prompt_length + training_args.max_completion_length
     if need > limit:
-        raise ValueError(
+        raise UsageError(
             f"max_prompt_length {script_args.max_prompt_length} + max_completion_length "
             f"{training_args.max_completion_length} = {need} tokens is over vllm_max_model_length {limit}: vLLM would "
             "refuse (HTTP 400) or cut such prompts; lower --max_prompt_length or raise --vllm_max_model_length"
@@ -112,6 +114,7 @@ def build_trainer(
         )
     check_model_path(model_args.model_name_or_path, "--model_name_or_path")
     check_data_root(script_args.data_root, "--data_root")
+    check_length_budget(script_args, training_args)
     check_world_size(training_args.world_size)  # before any data loading: N silent copies of one run are worse
     apply_lora_defaults(model_args)  # --use_peft alone: LoRA on the language model only, the ViT stays frozen
     set_seed(training_args.seed)
@@ -129,7 +132,6 @@ def build_trainer(
         script_args.rescale_min_pixels,
         script_args.rescale_max_pixels,
     )
-    check_length_budget(script_args, training_args)
     prompt_limit = None
     if script_args.max_prompt_length is not None:
         prompt_limit = PromptLimit(PromptTokenCounter(processor), script_args.max_prompt_length,
