@@ -7,8 +7,11 @@ rank this project allows itself: per rank a round is 1024 completions (per-devic
 the 512² floor, 15 GiB for a mix of photo sizes and 48 GiB at 2048² (benchmarks/data_path.py, from the Qwen2.5-VL
 processor's patch arithmetic, checked against the processor). The trainer
 moves a round's buffered image tensors to host memory right after generating (`offload`), and each micro-batch's
-back to the accelerator when it is taken (`onload`), so the accelerator holds one micro-batch's images at a time.
-Only image tensors move: ids, masks and advantages are small.
+back to the accelerator when it is taken (`onload`), so during the accumulation window the accelerator holds one
+micro-batch's images at a time. Not during generation and scoring: TRL 1.16 processes the whole round's prompts and
+moves their `pixel_values` to the accelerator in `_generate_and_score_completions`, so the peak is unchanged; bounding
+it needs the round processed and scored in chunks inside TRL. Only image tensors move: ids, masks and advantages
+are small.
 """
 
 from __future__ import annotations

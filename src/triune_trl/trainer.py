@@ -45,7 +45,12 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
    a round's images are decoded when it generates.
 11. A generation round's buffered image tensors wait in host memory, not on the accelerator, until their
-   micro-batch (`triune_trl.image_buffers`).
+   micro-batch (`triune_trl.image_buffers`). TRL still moves the whole round's `pixel_values` to the accelerator
+   while it generates and scores, so this shortens how long they stay there, not the peak.
+12. Console and tracker callbacks (`triune_trl.monitoring.trackers.adjust_callbacks`, when the trainer is built):
+   transformers' printed dict of every key (hundreds per step with per-source metrics) gives way to a headline line
+   and a per-source table, and MLflow's callback to one that renames `reward` to `reward/all` next to
+   `reward/<source>`, which MLflow's file store would otherwise refuse, losing the step's metrics.
 """
 
 from __future__ import annotations
@@ -219,7 +224,7 @@ class TriuneGRPOTrainer(GRPOTrainer):
         if processing_class is not None:
             use_left_padding(processing_class)
         super().__init__(*args, processing_class=processing_class, **kwargs)
-        adjust_callbacks(self)  # console: headline scalars + per-source table; MLflow: names its file store holds
+        adjust_callbacks(self)  # 12. above
         self._source_monitor = SourceMonitor()
         # TRL's own image gather is one-sided on mixed-modality ranks (see 2. above); ours runs on every rank.
         self._log_images = self.log_multimodal and self.log_completions
