@@ -64,7 +64,8 @@ def test_orsta_7b_with_a_tiny_orsta_root(capsys, tiny_model_dir, orsta_root):
     assert "optimizer updates per rollout batch │ 1 " in out
     assert "1 (1 rounds of 1024 prompts, 1040 rows kept)" in out and "3 (3 epochs)" in out
     assert "mm_math" in out and "text_math" in out and "prompt tokens (test)" in out
-    assert "buffered pixel_values of one round" in out and "bf16 under DeepSpeed" in out
+    assert "buffered pixel_values of one round" in out and "bf16 under DeepSpeed; ~" in out
+    assert "in fp32 without it" in out  # DDP / FSDP keep pixel_values in fp32: twice the bytes
 
 
 def test_rows_over_budget_are_counted_and_stop_the_run_in_error_mode(capsys, tiny_model_dir, orsta_root):

@@ -172,13 +172,14 @@ def check_memory(report: Report, training_args, facts: dict[str, float], geometr
     if "image_bytes_per_row" not in facts:
         return
     decoded = facts["image_bytes_per_row"] * geometry["prompts_per_round_per_rank"]
-    value_bytes = 2 if (training_args.bf16 or training_args.fp16) else 4
-    buffered = facts["pixel_values_per_row"] * geometry["completions_per_round_per_rank"] * value_bytes
+    # transformers casts float inputs to the half dtype only under DeepSpeed; DDP / FSDP keep the processor's fp32
+    half = training_args.bf16 or training_args.fp16
+    buffered = facts["pixel_values_per_row"] * geometry["completions_per_round_per_rank"] * (2 if half else 4)
     report.add("host memory per rank (images)", "decoded images of one round",
                f"~{_mib(decoded)} ({geometry['prompts_per_round_per_rank']:g} prompts, mean row)")
     report.add("host memory per rank (images)", "buffered pixel_values of one round",
                f"~{_mib(buffered)} ({geometry['completions_per_round_per_rank']:g} completions, "
-               f"{'bf16 under DeepSpeed' if value_bytes == 2 else 'fp32'})")
+               + (f"bf16 under DeepSpeed; ~{_mib(2 * buffered)} in fp32 without it)" if half else "fp32)"))
 
 
 def _get(url: str, token: str | None = None):
