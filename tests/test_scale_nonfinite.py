@@ -23,6 +23,7 @@ import shutil
 import pytest
 import torch
 
+from triune_trl.errors import UsageError
 from triune_trl.nonfinite import check_deepspeed_config, drop_update
 
 from .conftest import REPO_ROOT, write_data_config
@@ -90,9 +91,9 @@ def test_zero3_bf16_skips_a_non_finite_update(tmp_path, monkeypatch, tiny_model_
 def test_deepspeed_configs_that_would_apply_nan_updates_are_refused():
     check_deepspeed_config({"bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}})
     check_deepspeed_config({})
-    with pytest.raises(ValueError, match=r"bf16\.check_grad_overflow: false.*--skip_nonfinite_updates false"):
+    with pytest.raises(UsageError, match=r"bf16\.check_grad_overflow: false.*--skip_nonfinite_updates false"):
         check_deepspeed_config({"bf16": {"enabled": True, "check_grad_overflow": False}})
-    with pytest.raises(ValueError, match=r"compute_grad_norm: false"):
+    with pytest.raises(UsageError, match=r"compute_grad_norm: false"):
         check_deepspeed_config({"zero_optimization": {"stage": 1, "compute_grad_norm": False}})
 
 

@@ -23,23 +23,26 @@ from typing import Any
 
 import torch
 
+from .errors import UsageError
+
 
 class NonFiniteUpdateError(RuntimeError):
     """An update with a non-finite gradient norm was applied although skip_nonfinite_updates asked otherwise."""
 
 
 def check_deepspeed_config(config: Mapping[str, Any]) -> None:
-    """ValueError if this DeepSpeed config would apply updates whose gradient norm is not finite."""
+    """`UsageError` (one line from `triune train`, the fix is a config key) if this DeepSpeed config would apply
+    updates whose gradient norm is not finite."""
     bf16 = config.get("bf16") or config.get("bfloat16") or {}
     zero = config.get("zero_optimization") or {}
     if bf16.get("check_grad_overflow") is False:
-        raise ValueError(
+        raise UsageError(
             "skip_nonfinite_updates is on but the DeepSpeed config sets bf16.check_grad_overflow: false, with which "
             "DeepSpeed applies updates whose gradients are NaN/inf; remove that key (default true) or pass "
             "--skip_nonfinite_updates false"
         )
     if zero.get("compute_grad_norm") is False:
-        raise ValueError(
+        raise UsageError(
             "skip_nonfinite_updates is on but the DeepSpeed config sets zero_optimization.compute_grad_norm: false, "
             "so no gradient norm is checked; remove that key (default true) or pass --skip_nonfinite_updates false"
         )
