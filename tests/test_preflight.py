@@ -126,3 +126,22 @@ def test_a_prompt_budget_over_the_vllm_model_length_fails(capsys, tiny_model_dir
                            "--vllm_max_model_length", "9000")
     assert code == 1, out
     assert "prompt budget" in out and "8192 + max_completion_length 2048 = 10240 tokens is over" in out
+
+
+def test_steps_per_epoch_count_the_rows_the_run_trains_on(capsys, tiny_model_dir, sample_data_dir, tmp_path):
+    """A file's `max_samples` / `weight` and `--max_train_samples` change how many rows a run sees, so its steps."""
+    import yaml
+
+    config = tmp_path / "weighted.yaml"
+    config.write_text(yaml.safe_dump({"root": str(sample_data_dir), "train": [
+        {"path": "train/train_math_mmmath_*.parquet", "max_samples": 4},  # 4 of its 8 rows
+        {"path": "train/train_format_*.parquet", "weight": 2},  # its 8 rows twice
+    ]}))
+    argv = ["--config", str(TINY), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
+            "--num-processes", "1"]
+    code, out = _preflight(capsys, *argv)
+    assert code == 0, out
+    assert re.search(r"train files / rows\s*│\s*2 / 16 ", out), out  # the files as they are
+    assert "5 (5 rounds of 4 prompts, 20 rows kept)" in out, out  # 4 + 2 x 8 rows trained on
+    code, out = _preflight(capsys, *argv, "--max_train_samples", "8")
+    assert code == 0 and "2 (2 rounds of 4 prompts, 8 rows kept)" in out, out

@@ -62,7 +62,7 @@ def _mib(n: float) -> str:
 def check_data(report: Report, script_args, training_args, processor) -> dict[str, float]:
     """Data validation and prompt tokens; returns facts the geometry and memory sections need."""
     from .data import ImageSizing, load_data_config, make_image_resize
-    from .data.loader import prompt_tokens, scan_files
+    from .data.loader import kept_positions, prompt_tokens, scan_files
     from .data.prompt_length import PromptTokenCounter
 
     sizing = ImageSizing.from_processor(processor)
@@ -91,9 +91,17 @@ def check_data(report: Report, script_args, training_args, processor) -> dict[st
         if problems:
             continue
         counts = prompt_tokens(scans, counter)
-        over = _token_rows(report, split, script_args, scans, counts)
-        if split == "train":
-            facts["rows"] = rows - over  # what the run trains on once the overlong rows are dropped
+        _token_rows(report, split, script_args, scans, counts)
+        if split == "train":  # what the run trains on: each file's weight / max_samples draw, overlong rows dropped
+            budget = script_args.max_prompt_length
+            kept = 0
+            for scan, file_counts in zip(scans, counts, strict=True):
+                dropped = {k for k, t in enumerate(file_counts) if budget is not None and t.total > budget}
+                positions = kept_positions(scan, dropped)
+                kept += len(scan.plans) if positions is None else len(positions)
+            if script_args.max_train_samples is not None:
+                kept = min(kept, script_args.max_train_samples)
+            facts["rows"] = kept
             sizes = [size for scan in scans for plan in scan.plans for size in plan.image_sizes]
             facts["image_bytes_per_row"] = sum(3 * w * h for w, h in sizes) / max(rows, 1)
             patch = int(getattr(processor.image_processor, "patch_size", 14))
@@ -103,8 +111,8 @@ def check_data(report: Report, script_args, training_args, processor) -> dict[st
     return facts
 
 
-def _token_rows(report: Report, split: str, script_args, scans, counts) -> int:
-    """Per-source token distribution rows; returns how many rows are over max_prompt_length."""
+def _token_rows(report: Report, split: str, script_args, scans, counts) -> None:
+    """Per-source token distribution rows, and how many rows are over max_prompt_length with what the run does."""
     budget = script_args.max_prompt_length
     per_source: dict[str, list] = {}
     for scan, file_counts in zip(scans, counts, strict=True):
@@ -132,7 +140,6 @@ def _token_rows(report: Report, split: str, script_args, scans, counts) -> int:
             action = "all be dropped: nothing would be left to train on"
         report.add(f"prompt tokens ({split})", f"over max_prompt_length {budget}", f"{total_over} rows would {action}",
                    FAIL if stop else WARN)
-    return total_over
 
 
 def check_geometry(report: Report, training_args, processes: int, facts: dict[str, float]) -> dict[str, float]:

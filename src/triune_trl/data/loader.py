@@ -41,6 +41,7 @@ __all__ = [
     "RowDecoder",
     "ValidationReport",
     "iter_file_records",
+    "kept_positions",
     "load_files",
     "progress_bar",
     "prompt_messages",
@@ -255,10 +256,17 @@ def _file_dataset(
     if image_column is not None:
         dataset = datasets.concatenate_datasets([image_column, dataset], axis=1)
     dataset = dataset.select_columns(list(ROW_COLUMNS))
-    indices = select_indices(len(dataset), scan.spec.options, scan.spec.key)
-    if dropped:
-        indices = [i for i in (range(len(dataset)) if indices is None else indices) if i not in dropped]
+    indices = kept_positions(scan, dropped)
     return dataset if indices is None else dataset.select(indices)
+
+
+def kept_positions(scan: FileScan, dropped: set[int] | frozenset[int] = frozenset()) -> list[int] | None:
+    """Positions of the file's rows the run trains on, repeats included: its `max_samples` / `weight` draw, without
+    the `dropped` ones (prompts over max_prompt_length). None: every row once. `triune preflight` counts with it too."""
+    indices = select_indices(len(scan.plans), scan.spec.options, scan.spec.key)
+    if dropped:
+        indices = [i for i in (range(len(scan.plans)) if indices is None else indices) if i not in dropped]
+    return indices
 
 
 def load_files(
