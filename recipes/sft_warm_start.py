@@ -10,13 +10,16 @@ Every option is a field of `WarmStartArguments` (data), `trl.SFTConfig` (optimis
 
 import sys
 
+from triune_trl.checks import parse_recipe_args
 from triune_trl.errors import TriuneError
 from triune_trl.warm_start import make_parser, run
 
 
 def main() -> int:
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
     try:
+        script_args, training_args, model_args = parse_recipe_args(
+            make_parser(), sys.argv[1:], "python recipes/sft_warm_start.py"
+        )
         run(script_args, training_args, model_args)
     except TriuneError as error:
         print(f"sft_warm_start: error: {error}", file=sys.stderr)

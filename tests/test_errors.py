@@ -142,3 +142,29 @@ def test_the_other_subcommands_name_the_closest_option_too(command, expected):
     result = run(TRIUNE, *command)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == expected
+
+
+WARM_START_RECIPE = str(REPO_ROOT / "recipes" / "configs" / "tiny_warm_start.yaml")
+
+
+def test_the_warm_start_commands_name_the_closest_option():
+    for command, prefix in (
+        ([TRIUNE, "warm-start"], "triune: error: "),
+        ([sys.executable, str(REPO_ROOT / "recipes" / "sft_warm_start.py")], "sft_warm_start: error: "),
+    ):
+        message = one_line_error(run(*command, "--config", WARM_START_RECIPE, "--lerning_rate", "1e-3"), prefix)
+        assert message.startswith("unknown option --lerning_rate (did you mean --learning_rate?)"), message
+
+
+def test_the_warm_start_names_a_model_path_that_does_not_exist(tmp_path):
+    missing = tmp_path / "no-such-model"
+    message = one_line_error(run(TRIUNE, "warm-start", "--config", WARM_START_RECIPE,
+                                 "--model_name_or_path", str(missing)))
+    assert message.startswith(f"--model_name_or_path {missing}"), message
+
+
+def test_a_data_config_without_train_files_is_one_line(tmp_path, tiny_model_dir):
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"root": str(tmp_path), "test": []}))
+    message = train("--model_name_or_path", str(tiny_model_dir), "--data_config", str(config))
+    assert message == f"{config}: the data config lists no train files; add a `train:` section", message

@@ -33,9 +33,10 @@ def _train(argv: list[str]) -> int:
 
 
 def _warm_start(argv: list[str]) -> int:
+    from .checks import parse_recipe_args
     from .warm_start import make_parser, run
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    script_args, training_args, model_args = parse_recipe_args(make_parser(), argv, "triune warm-start")
     run(script_args, training_args, model_args)
     return 0
 

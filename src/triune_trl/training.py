@@ -19,7 +19,7 @@ from .configs import TriuneGRPOConfig, TriuneScriptArguments
 from .data import ImageSizing, load_data_config, load_split, make_image_resize
 from .data.prompt_length import PromptLimit, PromptTokenCounter
 from .distributed import apply_cpu_distributed_shim, check_world_size
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
 from .lora import apply_lora_defaults
 from .rewards import RewardRouter
@@ -139,14 +139,14 @@ def build_trainer(
     data_config = load_data_config(script_args.data_config, data_root=script_args.data_root)
     train_dataset = load_split(data_config, "train", sizing, rescale=rescale, prompt_limit=prompt_limit)
     if train_dataset is None:
-        raise ValueError(f"{script_args.data_config}: the data config lists no train files")
+        raise DataError(f"{script_args.data_config}: the data config lists no train files; add a `train:` section")
     if script_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = load_split(data_config, "test", sizing, rescale=rescale, prompt_limit=prompt_limit)
         if eval_dataset is None:
-            raise ValueError(
+            raise DataError(
                 f"{script_args.data_config}: eval_strategy is {training_args.eval_strategy!r} but the data config "
                 "lists no test files; add a `test:` section or pass --eval_strategy no"
             )
