@@ -2,7 +2,7 @@
 
     python benchmarks/learning.py [--work outputs/learning_bench] [--seed 0] [--test-rows 200] [--rl-steps 40]
 
-The `make demo` pipeline with a test split large enough to measure, every stage a `triune` command in a child
+The `make learn` pipeline with a test split large enough to measure, every stage a `triune` command in a child
 process:
 
 1. the `learn` tiny model and a sample set (`--train-rows` / `--test-rows` per source, `--seed`), plus a copy of

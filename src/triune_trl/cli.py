@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("test", "learn"),
         default="test",
         help="test: ~0.6M parameters, 4-16 vision tokens (tests, tiny_cpu.yaml); learn: the learning demo's larger "
-        "model, 64 vision tokens per image (make demo)",
+        "model, 64 vision tokens per image (make learn)",
     )
     tiny.set_defaults(func=_tiny_model)
     register_data(commands)

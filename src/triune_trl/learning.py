@@ -1,6 +1,6 @@
 """Did a run make the model better? Per-source before/after accuracy with baselines and standard errors.
 
-`make demo` and `benchmarks/learning.py` evaluate a checkpoint before and after V-Triune RL with `triune eval`
+`make learn` and `benchmarks/learning.py` evaluate a checkpoint before and after V-Triune RL with `triune eval`
 (greedy, test split) and hand the two `results.json` files here. This module adds what a single evaluation does
 not have:
 

@@ -58,7 +58,7 @@ class TinySpec:
     prompt_corpus: bool = False
 
 
-# The learning demo's model (`triune tiny-model OUT --preset learn`, `make demo`): 1.9M parameters, 64 merged
+# The learning demo's model (`triune tiny-model OUT --preset learn`, `make learn`): 1.9M parameters, 64 merged
 # vision tokens per image (224 x 224 pixels as the model sees it, so the sample's 44 px shapes span 2 x 2 tokens)
 # and a BPE that knows the task prompts. Sized for a CPU budget of minutes; whether it learns the sample tasks from
 # pixels in that budget is measured in benchmarks/results/learning.md (not yet). Heads stay 32 wide (vLLM's CPU

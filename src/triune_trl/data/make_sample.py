@@ -25,7 +25,7 @@ What is copied from the real data (see `reference/vtriune.md` section 1) and why
 Pixels are drawn without anti-aliasing (except the text of the OCR, math and chart images), so every detection box is
 the exact bounding box of its shape's pixels, and images are PNG (lossless) with fixed encoder settings.
 
-The visuals are made to be learnable from pixels by a small model in minutes (the learning demo, `make demo`):
+The visuals are made to be learnable from pixels by a small model in minutes (the learning demo, `make learn`):
 every image is a 224 px square (what the `learn` tiny model sees without resizing), shapes are 44 px, high-contrast
 and sit in distinct cells of a 4 x 4 grid, and answers come from small ranges (1-6 shapes to count, 2-4 bars of
 values 1-6, sums of two digits, one of eight words, three options). Difficulty still differs per task.
@@ -108,7 +108,7 @@ SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 _BACKGROUNDS = ((255, 255, 255), (246, 246, 240), (238, 242, 248), (248, 242, 236))
 # Every image is one square canvas on a grid of cells, each holding at most one shape inset by a margin. Why: the
-# tasks must be learnable from pixels by a small model in minutes (`make demo`), so shapes are large (44 px, about
+# tasks must be learnable from pixels by a small model in minutes (`make learn`), so shapes are large (44 px, about
 # 2 x 2 merged vision tokens of a 224 px image), high-contrast, never overlapping, and few; their boxes come from
 # a small set of positions, which a small model can tell apart. 224 px is what the `learn` tiny model sees
 # (64 merged tokens, no resize), so gold boxes on the 0-1000 grid map to whole pixels exactly.
