@@ -27,6 +27,7 @@ __all__ = [
     "check_launch_precision",
     "check_model_path",
     "load_model_error",
+    "load_processor",
     "parse_recipe_args",
 ]
 
@@ -173,6 +174,19 @@ def load_model_error(name: str, option: str, exc: Exception) -> UsageError:
     ) else ""
     return UsageError(f"{option} {name}: not a local folder, and it could not be loaded from the Hub ({first}){offline}"
                       f"{local}")
+
+
+def load_processor(name: str, option: str, **kwargs):
+    """`AutoProcessor.from_pretrained(name, **kwargs)`, or the one line of `load_model_error` when it cannot load.
+
+    Train, warm start and eval all load the processor first, so this is where a bad model name is met.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(name, **kwargs)
+    except OSError as exc:  # a Hub id the Hub does not have, or cannot be reached for
+        raise load_model_error(name, option, exc) from None
 
 
 def check_data_root(data_root: str | None, option: str) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checks import check_data_root, check_model_path, load_model_error
+from .checks import check_data_root, check_model_path, load_processor
 from .errors import DataError
 
 __all__ = ["evaluate_checkpoint", "register"]
@@ -44,7 +44,6 @@ def evaluate_checkpoint(
     check_model_path(model, "--model", tiny_hint=False)
     check_data_root(data_root, "--data-root")
     import torch
-    from transformers import AutoProcessor
 
     from .configs import TriuneGRPOConfig
     from .data import ImageSizing, ReleaseRescale, load_data_config, load_split
@@ -56,10 +55,7 @@ def evaluate_checkpoint(
         use_cpu = not torch.cuda.is_available()
     if out_dir is None:
         out_dir = Path(model) / f"eval_{split}" if Path(model).is_dir() else Path(f"eval_{split}")
-    try:
-        processor = AutoProcessor.from_pretrained(model, padding_side="left", truncation_side="left")
-    except OSError as exc:  # a Hub id the Hub does not have, or cannot be reached for
-        raise load_model_error(model, "--model", exc) from None
+    processor = load_processor(model, "--model", padding_side="left", truncation_side="left")
     config = load_data_config(data_config, data_root=data_root)
     rescale = ReleaseRescale() if rescale_images else None
     dataset = load_split(config, split, ImageSizing.from_processor(processor), rescale=rescale)

@@ -10,11 +10,11 @@ import logging
 import sys
 from pathlib import Path
 
-from transformers import AutoProcessor, set_seed
+from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
 from .callbacks import DynamicIoUCallback
-from .checks import check_data_root, check_launch_precision, check_model_path, load_model_error, parse_recipe_args
+from .checks import check_data_root, check_launch_precision, check_model_path, load_processor, parse_recipe_args
 from .configs import TriuneGRPOConfig, TriuneScriptArguments
 from .data import ImageSizing, load_data_config, load_split, make_image_resize
 from .data.prompt_length import PromptLimit, PromptTokenCounter
@@ -119,13 +119,10 @@ def build_trainer(
     apply_lora_defaults(model_args)  # --use_peft alone: LoRA on the language model only, the ViT stays frozen
     set_seed(training_args.seed)
     router = build_reward_router(script_args)  # before data loading: a missing reward server is found at once
-    try:
-        processor = AutoProcessor.from_pretrained(
-            model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left",
-            truncation_side="left",
-        )
-    except OSError as exc:  # a Hub id the Hub does not have, or cannot be reached for
-        raise load_model_error(model_args.model_name_or_path, "--model_name_or_path", exc) from None
+    processor = load_processor(
+        model_args.model_name_or_path, "--model_name_or_path", revision=model_args.model_revision,
+        padding_side="left", truncation_side="left",
+    )
     sizing = ImageSizing.from_processor(processor)
     rescale = make_image_resize(
         script_args.rescale_rule if script_args.rescale_images else "none",

@@ -199,22 +199,19 @@ def make_parser():
 def build_trainer(script_args: WarmStartArguments, training_args, model_args):
     """Load processor, model and the SFT rows; return a ready `SFTTrainer`."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+    from transformers import AutoModelForImageTextToText, set_seed
     from trl import SFTTrainer
 
+    from .checks import check_data_root, check_model_path, load_processor
     from .data import ImageSizing, load_data_config, load_split, make_image_resize
-
-    from .checks import check_data_root, check_model_path, load_model_error
 
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required (e.g. artifacts/tiny-qwen2.5-vl-learn)")
     check_model_path(model_args.model_name_or_path, "--model_name_or_path")
     check_data_root(script_args.data_root, "--data_root")
     set_seed(training_args.seed)
-    try:
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    except OSError as exc:  # a Hub id the Hub does not have, or cannot be reached for
-        raise load_model_error(model_args.model_name_or_path, "--model_name_or_path", exc) from None
+    processor = load_processor(model_args.model_name_or_path, "--model_name_or_path",
+                               revision=model_args.model_revision)
     rescale = make_image_resize("release" if script_args.rescale_images else "none")
     config = load_data_config(script_args.data_config, data_root=script_args.data_root)
     rows = load_split(config, "train", ImageSizing.from_processor(processor), rescale=rescale)
