@@ -24,6 +24,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_family_model(tmp_path_factory, request):
+    """family name -> folder of that family's tiny model (`triune_trl.tiny.FAMILIES`), each built once per test run.
+
+    Qwen2.5-VL is the `tiny_model_dir` model itself, so a test over every family builds nothing twice."""
+    from triune_trl.tiny import DEFAULT_FAMILY, build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family == DEFAULT_FAMILY:
+            return request.getfixturevalue("tiny_model_dir")
+        if family not in built:
+            built[family] = build_tiny_model(tmp_path_factory.mktemp("tiny") / f"tiny-{family}", family=family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def sample_data_dir(tmp_path_factory) -> Path:
     from triune_trl.data.make_sample import make_sample_dataset
 

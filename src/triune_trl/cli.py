@@ -2,7 +2,7 @@
 
     triune train --config recipes/configs/tiny_cpu.yaml [--max_steps 10 ...]
     triune preflight --config recipes/configs/orsta_7b.yaml [--num-processes 8] [overrides]
-    triune tiny-model OUT [--preset learn]
+    triune tiny-model OUT [--preset learn] [--family qwen3-vl]
     triune warm-start --config recipes/configs/tiny_warm_start.yaml
     triune data make-sample OUT
     triune reward score --input IN.jsonl --output OUT.jsonl
@@ -53,8 +53,8 @@ def _tiny_model(args: argparse.Namespace) -> int:
     if is_tiny_model_dir(args.out) and not args.force:
         print(f"{args.out} already holds a model; pass --force to rebuild it")
         return 0
-    out = build_tiny_model(args.out, PRESETS[args.preset])
-    print(f"tiny Qwen2.5-VL (model + processor) written to {out}")
+    out = build_tiny_model(args.out, PRESETS[args.preset], family=args.family)
+    print(f"tiny {args.family} (model + processor) written to {out}")
     return 0
 
 
@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for images, reward and vLLM servers; exit 1 on anything that would stop the run (no GPU, no weights)",
         add_help=False,
     )
-    tiny = commands.add_parser("tiny-model", help="build the tiny offline Qwen2.5-VL (model + processor)")
+    from .tiny import DEFAULT_FAMILY, FAMILIES
+
+    tiny = commands.add_parser(
+        "tiny-model", help="build a tiny offline Qwen VLM (model + processor), Qwen2.5-VL unless --family says"
+    )
     tiny.add_argument("out", help="output folder")
     tiny.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a model")
     tiny.add_argument(
@@ -94,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="test: ~0.6M parameters, 4-16 vision tokens (tests, tiny_cpu.yaml); learn: the learning demo's larger "
         "model, 64 vision tokens per image (make learn)",
+    )
+    tiny.add_argument(
+        "--family",
+        choices=tuple(FAMILIES),
+        default=DEFAULT_FAMILY,
+        help="model family: its processor (patch size, mean/std), TRL's copy of its chat template and its model class "
+        "(heads 32 wide; Qwen3.5's linear-attention heads 64)",
     )
     tiny.set_defaults(func=_tiny_model)
     register_data(commands)

@@ -1,10 +1,17 @@
-"""A tiny, random-init Qwen2.5-VL built entirely offline.
+"""Tiny, random-init Qwen vision-language models built entirely offline: Qwen2.5-VL, Qwen3-VL (dense, MoE), Qwen3.5
+(dense, MoE).
 
-Why: tests and the CPU demo need the *real* Qwen2.5-VL code paths (processor, chat template, mRoPE, vision tower,
-TRL's VLM handling) without downloading anything from the Hub. Everything here is the stock transformers classes
-at toy sizes: a byte-level BPE tokenizer trained on local text and wrapped as `Qwen2Tokenizer` with Qwen's special
-tokens, the stock `Qwen2VLImageProcessor`/`Qwen2VLVideoProcessor`/`Qwen2_5_VLProcessor`, TRL's Qwen2.5-VL chat
-template, and `Qwen2_5_VLForConditionalGeneration` from a small `Qwen2_5_VLConfig`.
+Why: tests and the CPU demo need the *real* code paths of each model family (processor, chat template, mRoPE,
+vision tower, deepstack, gated-delta-net linear attention, fused MoE experts, TRL's VLM handling) without downloading
+anything from the Hub. Everything here is the stock transformers classes at toy sizes: a byte-level BPE tokenizer
+trained on local text and wrapped as `Qwen2Tokenizer` with Qwen's special tokens, the stock `Qwen2VLImageProcessor`
+and the family's video processor and processor class, TRL's copy of the family's chat template, and the family's
+`...ForConditionalGeneration` from a small config.
+
+What differs per family is what a real checkpoint of it ships: Qwen2.5-VL sees 14 px patches merged 2 x 2 (28 px
+per token) normalised with CLIP's mean/std; Qwen3-VL and Qwen3.5 see 16 px patches merged 2 x 2 (32 px per token)
+normalised with mean/std 0.5. Image sizes are given in tokens (`TinySpec.min_pixels`/`max_pixels` are in
+Qwen2.5-VL's 28 px units), so an image becomes the same number of tokens whatever the family.
 
 The result reloads with `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`.
 """
@@ -13,10 +20,12 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# Qwen2.5-VL's special tokens, in Qwen's order. `<|endoftext|>` doubles as pad token, `<|im_end|>` ends a turn.
+# Qwen's special tokens, in Qwen's order. `<|endoftext|>` doubles as pad token, `<|im_end|>` ends a turn.
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -31,13 +40,17 @@ QWEN_SPECIAL_TOKENS = (
 # `skip_special_tokens=True`, so a special tag would vanish from completions before the verifiers see it.
 TASK_TAGS = ("<ok>", "<think>", "</think>", "<answer>", "</answer>")
 
+# Pixels per merged vision token side in Qwen2.5-VL (patch 14 x merge 2): the unit of TinySpec's pixel bounds.
+_SPEC_TOKEN_SIDE = 28
+
 
 @dataclass(frozen=True)
 class TinySpec:
     """Sizes of the tiny model. Defaults give ~0.6M parameters: a GRPO step on CPU takes a fraction of a second.
 
     Attention heads are 32 wide (text and vision): vLLM's CPU attention supports head sizes 32, 64, 80, ... only,
-    so a smaller head would keep the tiny model off the vLLM generation path that the tests run.
+    so a smaller head would keep the tiny model off the vLLM generation path that the tests run. Qwen3.5's linear
+    attention (gated delta net) heads are `linear_head_dim` wide: vLLM-CPU's kernel takes 64 or 128 only.
     """
 
     vocab_size: int = 1024
@@ -50,12 +63,22 @@ class TinySpec:
     vision_depth: int = 2
     vision_heads: int = 2
     # The processor resizes every image into [min_pixels, max_pixels]: 4 to 16 merged vision tokens per image.
+    # In Qwen2.5-VL's 28 px tokens; families with 32 px tokens scale both bounds to the same token counts.
     min_pixels: int = 28 * 28 * 4
     max_pixels: int = 28 * 28 * 16
     seed: int = 0
     # Also train the BPE on the bundled sample set's prompts and answers and on the release's CoT instructions,
     # so that those prompts take a few dozen tokens instead of hundreds (sequence length is the cost on a CPU).
     prompt_corpus: bool = False
+    # MoE families: experts per MoE layer, experts per token, and each expert's (and Qwen3.5's shared expert's)
+    # intermediate size.
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 64
+    # Qwen3.5 linear-attention (gated delta net) heads: key heads, value heads (2 x key heads, as released), width.
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_head_dim: int = 64
 
 
 # The learning demo's model (`triune tiny-model OUT --preset learn`, `make learn`): 1.9M parameters, 64 merged
@@ -153,49 +176,99 @@ def build_tokenizer(spec: TinySpec = TinySpec()):
     return tokenizer
 
 
-def build_processor(spec: TinySpec = TinySpec()):
-    """The stock `Qwen2_5_VLProcessor` around the tiny tokenizer, with small image sizes and TRL's chat template."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    from trl.chat_template_utils import qwen2_5_vl_chat_template
+@dataclass(frozen=True)
+class Family:
+    """What a model family's tiny model takes from its released checkpoints: vision patching, normalisation,
+    chat template, and the config/model classes (built by `config_builder`)."""
 
-    tokenizer = build_tokenizer(spec)
-    tokenizer.chat_template = qwen2_5_vl_chat_template
-    # An explicit `size` dict, not min_pixels/max_pixels: transformers 5.17 writes those two into the class-level
-    # default `size`, which would shrink every Qwen2-VL processor created later in the same process.
-    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels})
-    video_processor = Qwen2VLVideoProcessor(size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels})
-    return Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=qwen2_5_vl_chat_template,
-    )
+    name: str
+    patch_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    chat_template: str  # attribute name in trl.chat_template_utils
+    processor_class: str
+    video_processor: str  # "module:Class" under transformers.models
+    model_class: str
+    config_builder: Callable[[Any, TinySpec], Any]
+    merge_size: int = 2
+
+    @property
+    def token_side(self) -> int:
+        """Pixels per side of one merged vision token: patch_size x merge_size."""
+        return self.patch_size * self.merge_size
 
 
-def build_config(tokenizer, spec: TinySpec = TinySpec()):
-    """A `Qwen2_5_VLConfig` at toy size whose special-token ids point into the tiny tokenizer."""
-    from transformers import Qwen2_5_VLConfig
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_HALF = (0.5, 0.5, 0.5)
 
-    head_dim = spec.hidden_size // spec.num_heads
-    # mRoPE splits each head's rotary half-dimension into (temporal, height, width) sections.
-    half = head_dim // 2
-    mrope_section = [half - 2 * (half // 3), half // 3, half // 3]
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    text_config = {
+
+def _mrope_section(rotary_dim: int) -> list[int]:
+    """mRoPE's (temporal, height, width) split of the rotary half-dimension, temporal taking the remainder."""
+    half = rotary_dim // 2
+    return [half - 2 * (half // 3), half // 3, half // 3]
+
+
+def _token_ids(tokenizer) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+
+
+def _text_common(tokenizer, spec: TinySpec) -> dict[str, Any]:
+    """Text-config entries every family shares: sizes, heads, special-token ids, tied embeddings."""
+    ids = _token_ids(tokenizer)
+    return {
         "vocab_size": len(tokenizer),
         "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.num_layers,
         "num_attention_heads": spec.num_heads,
         "num_key_value_heads": spec.num_kv_heads,
         "max_position_embeddings": 4096,
-        "max_window_layers": spec.num_layers,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": True,
+    }
+
+
+def _top_level_ids(tokenizer) -> dict[str, int]:
+    ids = _token_ids(tokenizer)
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": True,
+    }
+
+
+def _qwen3_vision(spec: TinySpec, deepstack: bool) -> dict[str, Any]:
+    """Qwen3-VL / Qwen3.5 vision tower: 16 px patches, learned position embeddings (a 16 x 16 grid, interpolated)."""
+    vision = {
+        "depth": spec.vision_depth,
+        "hidden_size": spec.vision_hidden_size,
+        "intermediate_size": 2 * spec.vision_hidden_size,
+        "num_heads": spec.vision_heads,
+        "out_hidden_size": spec.hidden_size,  # the merger projects straight into the LLM's hidden size
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 256,
+    }
+    if deepstack:
+        # Deepstack: features of these vision layers are added to the first LLM layers' hidden states.
+        vision["deepstack_visual_indexes"] = list(range(min(spec.vision_depth, spec.num_layers)))
+    return vision
+
+
+def _qwen2_5_vl_config(tokenizer, spec: TinySpec):
+    from transformers import Qwen2_5_VLConfig
+
+    head_dim = spec.hidden_size // spec.num_heads
+    text_config = {
+        **_text_common(tokenizer, spec),
+        "intermediate_size": spec.intermediate_size,
+        "max_window_layers": spec.num_layers,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
     }
     vision_config = {
         "depth": spec.vision_depth,
@@ -209,28 +282,202 @@ def build_config(tokenizer, spec: TinySpec = TinySpec()):
         "window_size": 112,
         "fullatt_block_indexes": [spec.vision_depth - 1],
     }
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+    return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **_top_level_ids(tokenizer))
+
+
+def _qwen3_vl_text(tokenizer, spec: TinySpec) -> dict[str, Any]:
+    head_dim = spec.hidden_size // spec.num_heads
+    return {
+        **_text_common(tokenizer, spec),
+        "head_dim": head_dim,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": _mrope_section(head_dim),
+            "mrope_interleaved": True,
+        },
+    }
+
+
+def _qwen3_vl_config(tokenizer, spec: TinySpec):
+    from transformers import Qwen3VLConfig
+
+    text_config = {**_qwen3_vl_text(tokenizer, spec), "intermediate_size": spec.intermediate_size}
+    return Qwen3VLConfig(
+        text_config=text_config, vision_config=_qwen3_vision(spec, deepstack=True), **_top_level_ids(tokenizer)
     )
 
 
-def build_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
-    """Build, save and return the directory of a tiny random-init Qwen2.5-VL with its processor."""
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+def _qwen3_vl_moe_config(tokenizer, spec: TinySpec):
+    from transformers import Qwen3VLMoeConfig
 
+    text_config = {
+        **_qwen3_vl_text(tokenizer, spec),
+        "intermediate_size": spec.intermediate_size,
+        "moe_intermediate_size": spec.moe_intermediate_size,
+        "num_experts": spec.num_experts,
+        "num_experts_per_tok": spec.num_experts_per_tok,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        # transformers' router always renormalises the top-k weights; vLLM's reads this flag (released configs set it)
+        "norm_topk_prob": True,
+    }
+    return Qwen3VLMoeConfig(
+        text_config=text_config, vision_config=_qwen3_vision(spec, deepstack=True), **_top_level_ids(tokenizer)
+    )
+
+
+def _qwen3_5_text(tokenizer, spec: TinySpec) -> dict[str, Any]:
+    """Qwen3.5's hybrid decoder: gated-delta-net linear attention, with full attention every 4th layer (as
+    released) but at least once, so that a 2-layer model has one layer of each kind."""
+    head_dim = spec.hidden_size // spec.num_heads
+    partial_rotary_factor = 0.25  # as released: rotary on a quarter of each full-attention head
+    layer_types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(spec.num_layers)]
+    layer_types[-1] = "full_attention"
+    return {
+        **_text_common(tokenizer, spec),
+        "head_dim": head_dim,
+        "layer_types": layer_types,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": spec.linear_head_dim,
+        "linear_value_head_dim": spec.linear_head_dim,
+        "linear_num_key_heads": spec.linear_num_key_heads,
+        "linear_num_value_heads": spec.linear_num_value_heads,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "partial_rotary_factor": partial_rotary_factor,
+            "mrope_section": _mrope_section(int(head_dim * partial_rotary_factor)),
+            "mrope_interleaved": True,
+        },
+    }
+
+
+def _qwen3_5_config(tokenizer, spec: TinySpec):
+    from transformers import Qwen3_5Config
+
+    text_config = {**_qwen3_5_text(tokenizer, spec), "intermediate_size": spec.intermediate_size}
+    return Qwen3_5Config(
+        text_config=text_config, vision_config=_qwen3_vision(spec, deepstack=False), **_top_level_ids(tokenizer)
+    )
+
+
+def _qwen3_5_moe_config(tokenizer, spec: TinySpec):
+    from transformers import Qwen3_5MoeConfig
+
+    text_config = {
+        **_qwen3_5_text(tokenizer, spec),
+        "moe_intermediate_size": spec.moe_intermediate_size,
+        "shared_expert_intermediate_size": spec.moe_intermediate_size,
+        "num_experts": spec.num_experts,
+        "num_experts_per_tok": spec.num_experts_per_tok,
+        "norm_topk_prob": True,
+    }
+    return Qwen3_5MoeConfig(
+        text_config=text_config, vision_config=_qwen3_vision(spec, deepstack=False), **_top_level_ids(tokenizer)
+    )
+
+
+_QWEN3_VIDEO = "qwen3_vl.video_processing_qwen3_vl:Qwen3VLVideoProcessor"
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "qwen2.5-vl", 14, _CLIP_MEAN, _CLIP_STD, "qwen2_5_vl_chat_template", "Qwen2_5_VLProcessor",
+            "qwen2_vl.video_processing_qwen2_vl:Qwen2VLVideoProcessor", "Qwen2_5_VLForConditionalGeneration",
+            _qwen2_5_vl_config,
+        ),
+        Family(
+            "qwen3-vl", 16, _HALF, _HALF, "qwen3_vl_chat_template", "Qwen3VLProcessor", _QWEN3_VIDEO,
+            "Qwen3VLForConditionalGeneration", _qwen3_vl_config,
+        ),
+        Family(
+            "qwen3-vl-moe", 16, _HALF, _HALF, "qwen3_vl_chat_template", "Qwen3VLProcessor", _QWEN3_VIDEO,
+            "Qwen3VLMoeForConditionalGeneration", _qwen3_vl_moe_config,
+        ),
+        # Qwen3.5-4B and larger ship the template that pre-fills `<think>\n` in the generation prompt (TRL's
+        # `qwen3_5_think`); the tiny models use it so that the pre-fill handling of the format reward is exercised.
+        Family(
+            "qwen3.5", 16, _HALF, _HALF, "qwen3_5_think_chat_template", "Qwen3VLProcessor", _QWEN3_VIDEO,
+            "Qwen3_5ForConditionalGeneration", _qwen3_5_config,
+        ),
+        Family(
+            "qwen3.5-moe", 16, _HALF, _HALF, "qwen3_5_think_chat_template", "Qwen3VLProcessor", _QWEN3_VIDEO,
+            "Qwen3_5MoeForConditionalGeneration", _qwen3_5_moe_config,
+        ),
+    )
+}
+DEFAULT_FAMILY = "qwen2.5-vl"
+
+
+def get_family(family: str) -> Family:
+    """The family of a `--family` name; ValueError naming the known ones."""
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}") from None
+
+
+def _chat_template(family: Family) -> str:
+    import trl.chat_template_utils
+
+    return getattr(trl.chat_template_utils, family.chat_template)
+
+
+def build_processor(spec: TinySpec = TinySpec(), family: str = DEFAULT_FAMILY):
+    """The family's stock processor around the tiny tokenizer, with small image sizes and TRL's chat template."""
+    import importlib
+
+    import transformers
+    from transformers import Qwen2VLImageProcessor
+
+    fam = get_family(family)
+    template = _chat_template(fam)
+    tokenizer = build_tokenizer(spec)
+    tokenizer.chat_template = template
+    # Same token counts per image in every family: the spec's bounds are in 28 px tokens.
+    scale = (fam.token_side / _SPEC_TOKEN_SIDE) ** 2
+    # An explicit `size` dict, not min_pixels/max_pixels: transformers 5.17 writes those two into the class-level
+    # default `size`, which would shrink every Qwen2-VL processor created later in the same process.
+    size = {"shortest_edge": round(spec.min_pixels * scale), "longest_edge": round(spec.max_pixels * scale)}
+    vision = {
+        "size": size,
+        "patch_size": fam.patch_size,
+        "merge_size": fam.merge_size,
+        "temporal_patch_size": 2,
+        "image_mean": list(fam.image_mean),
+        "image_std": list(fam.image_std),
+    }
+    module, cls = fam.video_processor.split(":")
+    video_class = getattr(importlib.import_module(f"transformers.models.{module}"), cls)
+    processor_class = getattr(transformers, fam.processor_class)
+    return processor_class(
+        image_processor=Qwen2VLImageProcessor(**vision),
+        tokenizer=tokenizer,
+        video_processor=video_class(**vision),
+        chat_template=template,
+    )
+
+
+def build_config(tokenizer, spec: TinySpec = TinySpec(), family: str = DEFAULT_FAMILY):
+    """The family's config at toy size whose special-token ids point into the tiny tokenizer."""
+    return get_family(family).config_builder(tokenizer, spec)
+
+
+def build_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec(), family: str = DEFAULT_FAMILY) -> Path:
+    """Build, save and return the directory of a tiny random-init model of `family` with its processor."""
+    import torch
+    import transformers
+    from transformers import GenerationConfig
+
+    fam = get_family(family)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    processor = build_processor(spec)
-    config = build_config(processor.tokenizer, spec)
+    processor = build_processor(spec, family)
+    config = build_config(processor.tokenizer, spec, family)
     torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = getattr(transformers, fam.model_class)(config)
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id],
