@@ -40,9 +40,13 @@ def refresh_tied_output_layers(worker) -> int:
 
     Returns how many layers were refreshed (0 for an untied model), so a caller can see the RPC did something.
     """
+    return refresh_tied_output_layers_of(worker.model_runner.get_model())
+
+
+def refresh_tied_output_layers_of(model) -> int:
+    """`refresh_tied_output_layers` on a vLLM model (a weight-transfer engine holds the model, not the worker)."""
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
-    model = worker.model_runner.get_model()
     modules = list(model.modules())
     embedding_storage = {
         module.weight.untyped_storage().data_ptr()
