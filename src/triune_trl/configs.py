@@ -136,7 +136,8 @@ class TriuneScriptArguments:
         metadata={
             "help": "How images are rescaled when rescale_images is true: 'release' (the V-Triune rule: scale the "
             "area into [min, max] keeping the aspect ratio) or 'qwen-vl' (qwen-vl-utils' fetch_image: snap both "
-            "sides to multiples of 28 with the area in [min, max], for data prepared the VLM-R1 way)."
+            "sides to multiples of the processor's patch_size x merge_size (28 for Qwen2.5-VL, 32 for Qwen3-VL and "
+            "Qwen3.5) with the area in [min, max], for data prepared the VLM-R1 way)."
         },
     )
     rescale_min_pixels: int = field(

@@ -104,8 +104,8 @@ def check_data(report: Report, script_args, training_args, processor) -> dict[st
             facts["rows"] = kept
             sizes = [size for scan in scans for plan in scan.plans for size in plan.image_sizes]
             facts["image_bytes_per_row"] = sum(3 * w * h for w, h in sizes) / max(rows, 1)
-            patch = int(getattr(processor.image_processor, "patch_size", 14))
-            temporal = int(getattr(processor.image_processor, "temporal_patch_size", 2))
+            patch = int(processor.image_processor.patch_size)  # 14 for Qwen2.5-VL, 16 for Qwen3-VL / Qwen3.5
+            temporal = int(processor.image_processor.temporal_patch_size)
             facts["pixel_values_per_row"] = sum(w * h // patch**2 for w, h in sizes) * 3 * temporal * patch**2 / max(
                 rows, 1)
     return facts

@@ -128,6 +128,7 @@ def build_trainer(
         script_args.rescale_rule if script_args.rescale_images else "none",
         script_args.rescale_min_pixels,
         script_args.rescale_max_pixels,
+        factor=sizing.factor,
     )
     prompt_limit = None
     if script_args.max_prompt_length is not None:

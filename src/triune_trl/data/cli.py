@@ -8,8 +8,9 @@
 
 File options come from the data config entry that matches a file (`--data-config`), then from the flags
 (`--format`, `--image-root`, `--verifier`, `--data-source`), which win. Image sizes are computed as training
-would compute them: `--processor DIR` reads the sizing of a local processor (default: Qwen2.5-VL's), and
-`--resize` picks the reader's resize rule.
+would compute them: `--processor DIR` reads the sizing of a local processor, `--family NAME` takes a model
+family's patching without one (qwen2.5-vl, the default: 28 px per token; qwen3-vl, qwen3-vl-moe, qwen3.5,
+qwen3.5-moe: 32 px), and `--resize` picks the reader's resize rule.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ def _make_sample(args: argparse.Namespace) -> int:
 def _sizing_and_resize(args: argparse.Namespace) -> tuple[Any, Any]:
     from .images import ImageSizing, make_image_resize
 
-    sizing = ImageSizing()
+    sizing = ImageSizing.for_family(args.family)
     if args.processor:
         from transformers import AutoProcessor
 
         sizing = ImageSizing.from_processor(AutoProcessor.from_pretrained(args.processor))
-    return sizing, make_image_resize(args.resize, args.min_pixels, args.max_pixels)
+    return sizing, make_image_resize(args.resize, args.min_pixels, args.max_pixels, factor=sizing.factor)
 
 
 def _config(args: argparse.Namespace):
@@ -130,7 +131,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     specs = _specs(args, [])
     sizing, resize = _sizing_and_resize(args)
-    stats = config_stats(specs, sizing=sizing, rescale=resize, factor=sizing.factor)
+    stats = config_stats(specs, sizing=sizing, rescale=resize)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -168,7 +169,12 @@ def _file_flags(parser: argparse.ArgumentParser, *, config_only: bool = False) -
     parser.add_argument("--verifier", help="verifier of rows without a reward spec (OmniRL, VLM-R1)")
     parser.add_argument("--data-source", help="data_source of rows without one (default: the file's stem)")
     parser.add_argument("--processor", help="local processor/model folder whose image sizing to use "
-                                            "(default: Qwen2.5-VL's)")
+                                            "(wins over --family)")
+    from triune_trl.tiny import DEFAULT_FAMILY, FAMILIES  # stdlib-only at import time
+
+    parser.add_argument("--family", choices=tuple(FAMILIES), default=DEFAULT_FAMILY,
+                        help="model family whose patching sizes the images when no --processor is given: qwen2.5-vl "
+                             "28 px per token, the Qwen3 families 32 px (4 to 1280 tokens per image)")
     parser.add_argument("--resize", choices=_RESIZE_RULES, default="release",
                         help="reader-side resize: release (area into [512², 2048²]), qwen-vl (qwen-vl-utils), none")
     parser.add_argument("--min-pixels", type=int, help="lower area bound of --resize (default: the rule's)")

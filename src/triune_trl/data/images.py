@@ -3,11 +3,14 @@
 1. The reader's rescale (`ReleaseRescale`): the V-Triune release squeezes every image's pixel area into
    [512², 2048²] right after decoding. Scores depend on it (detection boxes are judged in the pixel space the
    model saw), so the arithmetic here is the release's, rounding included. `QwenVLResize` is the alternative for
-   data prepared the qwen-vl-utils way (VLM-R1, OmniRL): `fetch_image`'s snap to multiples of 28 within
-   min/max pixels, computed by qwen-vl-utils itself.
-2. The processor's resize (`ImageSizing`): Qwen2-VL's image processor snaps the rescaled image to multiples of
+   data prepared the qwen-vl-utils way (VLM-R1, OmniRL): `fetch_image`'s snap to multiples of the model's
+   patch_size × merge_size (28 for Qwen2.5-VL, 32 for Qwen3-VL and Qwen3.5) within min/max pixels, computed by
+   qwen-vl-utils itself.
+2. The processor's resize (`ImageSizing`): the Qwen-VL image processor snaps the rescaled image to multiples of
    patch_size × merge_size within its own min/max pixels. The detection verifier needs that final size, so readers
-   compute it once, from the image header alone, with transformers' own `smart_resize`.
+   compute it once, from the image header alone, with transformers' own `smart_resize`. Nothing here assumes a
+   patch size: training reads it from the processor (`ImageSizing.from_processor`), the data tools from
+   `--processor` or `--family` (`ImageSizing.for_family`).
 
 Decoding follows `datasets.Image` (EXIF orientation applied when the tag is present), because the release read its
 images through `datasets`; RGB conversion comes after the rescale, in the release's order.
@@ -69,14 +72,20 @@ class QwenVLResize:
     """qwen-vl-utils' `fetch_image` rule: RGB first (RGBA over white), then resize to its `smart_resize` size.
 
     `smart_resize` snaps both sides to multiples of `factor` with the area in [min_pixels, max_pixels] and refuses
-    aspect ratios above 200 (ValueError, reported per image at load time). The defaults are qwen-vl-utils' own.
+    aspect ratios above 200 (ValueError, reported per image at load time). `factor` is the model's patch_size ×
+    merge_size (`fetch_image(image_patch_size=16)` for Qwen3-VL gives 32); unset bounds are qwen-vl-utils' own,
+    4 and 16384 tokens of `factor`² pixels.
     """
 
-    min_pixels: int = 4 * 28 * 28
-    max_pixels: int = 16384 * 28 * 28
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     factor: int = 28
 
     def __post_init__(self) -> None:
+        if self.min_pixels is None:
+            object.__setattr__(self, "min_pixels", 4 * self.factor * self.factor)
+        if self.max_pixels is None:
+            object.__setattr__(self, "max_pixels", 16384 * self.factor * self.factor)
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
 
@@ -103,16 +112,19 @@ ImageResize = ReleaseRescale | QwenVLResize
 RESIZE_RULES = ("release", "qwen-vl", "none")
 
 
-def make_image_resize(rule: str, min_pixels: int | None = None, max_pixels: int | None = None) -> ImageResize | None:
+def make_image_resize(
+    rule: str, min_pixels: int | None = None, max_pixels: int | None = None, factor: int = 28
+) -> ImageResize | None:
     """The resize of a rule name: "release" (`ReleaseRescale`), "qwen-vl" (`QwenVLResize`) or "none" (None).
 
     Unset bounds take the rule's own defaults (release: 512², 2048²; qwen-vl: qwen-vl-utils' 4 and 16384 tokens).
+    `factor` (the model's patch_size × merge_size, `ImageSizing.factor`) matters to the qwen-vl rule only.
     """
     bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     if rule == "release":
         return ReleaseRescale(**bounds)
     if rule == "qwen-vl":
-        return QwenVLResize(**bounds)
+        return QwenVLResize(**bounds, factor=factor)
     if rule == "none":
         return None
     raise ValueError(f"image resize rule must be one of {', '.join(RESIZE_RULES)}, got {rule!r}")
@@ -125,11 +137,32 @@ def rescaled_size(width: int, height: int, rescale: ImageResize | None) -> tuple
 
 @dataclass(frozen=True)
 class ImageSizing:
-    """How the processor resizes an image: multiples of `factor` (patch_size × merge_size) within min/max pixels."""
+    """How the processor resizes an image: multiples of `factor` (patch_size × merge_size) within min/max pixels.
+
+    The defaults are Qwen2.5-VL's (14 px patches merged 2 × 2, 4 to 1280 tokens); `from_processor` reads a real
+    processor, `for_family` gives another family's patching with the same token bounds.
+    """
 
     factor: int = 28
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
+
+    @classmethod
+    def for_family(cls, family: str) -> ImageSizing:
+        """A model family's sizing (`triune_trl.tiny.FAMILIES`: qwen2.5-vl, qwen3-vl, ...) without loading a
+        processor: its patch_size × merge_size (28 or 32 px per token) and the default bounds in tokens (4 to
+        1280). ValueError naming the known families for any other name. A checkpoint's own bounds need its
+        processor (`from_processor`)."""
+        from triune_trl.tiny import get_family
+
+        factor = get_family(family).token_side
+        tokens = cls()
+        scale = factor * factor
+        return cls(
+            factor=factor,
+            min_pixels=tokens.min_pixels // (tokens.factor**2) * scale,
+            max_pixels=tokens.max_pixels // (tokens.factor**2) * scale,
+        )
 
     @classmethod
     def from_processor(cls, processor: Any) -> ImageSizing:

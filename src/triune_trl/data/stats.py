@@ -125,9 +125,11 @@ def _as_trained(scan: FileScan) -> list[tuple[RowPlan, str]]:
 
 
 def config_stats(
-    specs: Sequence[FileSpec], *, sizing: ImageSizing, rescale: ImageResize | None, factor: int = 28
+    specs: Sequence[FileSpec], *, sizing: ImageSizing, rescale: ImageResize | None
 ) -> dict[str, Any]:
-    """Counts per task and source, prompt length and image size distributions of the rows as trained."""
+    """Counts per task and source, prompt length and image size distributions of the rows as trained (image tokens
+    in `sizing.factor`-pixel squares: 28 for Qwen2.5-VL, 32 for Qwen3-VL / Qwen3.5)."""
+    factor = sizing.factor
     scans = scan_files(specs, sizing=sizing, rescale=rescale, validate=False, desc="reading")
     by_task: Counter[tuple[str, str]] = Counter()
     lengths, per_row, widths, heights, tokens = [], Counter(), [], [], []

@@ -1,0 +1,94 @@
+"""Every model family ([qwen3]: Qwen2.5-VL, Qwen3-VL dense/MoE, Qwen3.5 dense/MoE) through the data path: image
+sizes and prompt token counts come from the family's processor (28 or 32 px per token, never an assumed 28),
+`triune data --family` sizes images as that family's processor would."""
+
+from __future__ import annotations
+
+import json
+
+import PIL.Image
+import pytest
+from transformers import AutoProcessor
+from trl.data_utils import apply_chat_template
+
+from triune_trl.data import FileSpec, ImageSizing, QwenVLResize, load_files, make_image_resize
+from triune_trl.data.loader import prompt_tokens, scan_files
+from triune_trl.data.prompt_length import PromptTokenCounter
+from triune_trl.tiny import FAMILIES
+
+from .conftest import write_data_config
+from .test_data_orsta import image_bytes, orsta_row, write_orsta
+
+QWEN3_FAMILIES = [f for f in FAMILIES if f != "qwen2.5-vl"]
+LARGE_IMAGES = {"shortest_edge": 64 * 64, "longest_edge": 1024 * 1024}
+
+
+def _mixed_file(tmp_path):
+    rows = [
+        orsta_row("What is 2 + 2?", []),
+        orsta_row("<image>How many sides?", [image_bytes(640, 480)]),
+        orsta_row("Compare <image> and <image>: which is larger?", [image_bytes(300, 900), image_bytes(1500, 1000)]),
+    ]
+    return write_orsta(tmp_path / "train" / "mixed.parquet", rows)
+
+
+# The four Qwen3 families share one processor class and image processor; they differ in the chat template only
+# (Qwen3-VL's, Qwen3.5's with its pre-filled think tag), so one of each covers them.
+@pytest.mark.parametrize("family", ["qwen3-vl", "qwen3.5"])
+def test_sizes_and_prompt_tokens_follow_the_family_processor(tmp_path, tiny_family_model, family):
+    processor = AutoProcessor.from_pretrained(tiny_family_model(family), size=LARGE_IMAGES)
+    sizing = ImageSizing.from_processor(processor)
+    assert sizing == ImageSizing(factor=32, min_pixels=64 * 64, max_pixels=1024 * 1024)
+    path = _mixed_file(tmp_path)
+    counts = prompt_tokens(scan_files([FileSpec(path)], sizing=sizing, rescale=None), PromptTokenCounter(processor))[0]
+    dataset = load_files([FileSpec(path)], sizing=sizing, rescale=None, cache_dir=tmp_path / "cache")
+    pad = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    for row, tokens in zip(dataset, counts, strict=True):
+        # the model-side size the detection verifier uses is what the processor makes of the image: 32 px tokens
+        for image, (width, height) in zip(row["images"], row["image_sizes"], strict=True):
+            grid = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
+            assert (width, height) == (grid[2] * 16, grid[1] * 16)
+            assert width % 32 == 0 and height % 32 == 0
+        # the prompt budget counts what the processor produces, Qwen3.5's pre-filled `<think>\n` included
+        text = apply_chat_template({"prompt": row["prompt"]}, processor)["prompt"]
+        inputs = processor(images=[row["images"]] if row["images"] else None, text=[text], return_tensors="pt")
+        assert inputs["input_ids"].shape[1] == tokens.total
+        assert int((inputs["input_ids"] == pad).sum()) == tokens.image
+    # 640 x 480 is 20 x 15 = 300 tokens of 32 px (Qwen2.5-VL's 28 px would make it 23 x 17 = 391)
+    assert counts[1].image == 300
+
+
+def test_for_family_gives_the_family_patching_with_the_default_token_bounds():
+    assert ImageSizing.for_family("qwen2.5-vl") == ImageSizing()
+    for family in QWEN3_FAMILIES:
+        assert ImageSizing.for_family(family) == ImageSizing(32, 4 * 32 * 32, 1280 * 32 * 32)
+    assert ImageSizing.for_family("qwen3-vl").model_size(640, 480) == (640, 480)
+    with pytest.raises(ValueError, match="unknown model family 'qwen4'"):
+        ImageSizing.for_family("qwen4")
+
+
+def test_qwen_vl_resize_follows_the_family_factor_as_qwen_vl_utils_does():
+    from qwen_vl_utils.vision_process import fetch_image
+
+    rule = make_image_resize("qwen-vl", factor=32)
+    assert rule == QwenVLResize(factor=32) == QwenVLResize(4 * 32 * 32, 16384 * 32 * 32, 32)
+    assert QwenVLResize() == QwenVLResize(4 * 28 * 28, 16384 * 28 * 28, 28)  # Qwen2.5-VL, unchanged
+    for size in ((1000, 333), (60, 50), (4000, 3000)):
+        reference = fetch_image({"image": PIL.Image.new("RGB", size)}, image_patch_size=16)
+        assert rule.apply(PIL.Image.new("RGB", size)).size == reference.size
+
+
+def test_data_stats_sizes_images_for_the_named_family(tmp_path, capsys):
+    from triune_trl.cli import main
+
+    path = write_orsta(tmp_path / "train" / "a.parquet", [orsta_row("<image>x", [image_bytes(640, 480)])])
+    config = write_data_config(tmp_path / "data.yaml", tmp_path, [str(path.relative_to(tmp_path))])
+    tokens = {}
+    for family in ("qwen2.5-vl", "qwen3-vl"):
+        args = ["data", "stats", "--data-config", str(config), "--json", "--resize", "none", "--family", family]
+        assert main(args) == 0
+        stats = json.loads(capsys.readouterr().out)
+        tokens[family] = (stats["image_width"]["max"], stats["image_tokens"]["max"])
+    assert tokens == {"qwen2.5-vl": (644.0, 23 * 17), "qwen3-vl": (640.0, 20 * 15)}
+    assert main(["data", "stats", "--data-config", str(config)]) == 0  # default: Qwen2.5-VL, as before
+    capsys.readouterr()
