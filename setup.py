@@ -66,5 +66,9 @@ setup(
     python_requires=">=3.10",
     install_requires=install_requires,
     extras_require=extras_require,
-    entry_points={"console_scripts": ["triune=triune_trl.cli:main"]},
+    entry_points={
+        "console_scripts": ["triune=triune_trl.cli:main"],
+        # loaded by every vLLM process: registers the HTTP weight-transfer backend (vLLM server mode on CPU hosts)
+        "vllm.general_plugins": ["triune_http_weights=triune_trl.vllm_http_weights:register"],
+    },
 )
