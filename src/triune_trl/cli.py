@@ -7,6 +7,7 @@
     triune data make-sample OUT
     triune reward score --input IN.jsonl --output OUT.jsonl
     triune serve-rewards --port 8192 --workers 4 [--token-file F]
+    triune vllm-serve --model MODEL [--port 8000 --max_model_len 10240 ...]
 
 Each package registers its own subcommands (`data/cli.py`, `server/cli.py`, ...; `score_file.py` and `evaluation.py`
 for `triune reward score` and `triune eval`); this module only assembles them.
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .monitoring.cli import register as register_monitoring
     from .score_file import register as register_rewards
     from .server.cli import register as register_server
+    from .vllm_serve import register as register_vllm_serve
 
     parser = SuggestingArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_evaluation(commands)
     register_monitoring(commands)
     register_server(commands)
+    register_vllm_serve(commands)
     return parser
 
 
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             return _preflight(argv[1:])
         if argv and argv[0] == "warm-start":
             return _warm_start(argv[1:])
+        if argv and argv[0] == "vllm-serve":
+            from .vllm_serve import serve
+
+            return serve(argv[1:])
         SuggestingArgumentParser.argv = argv  # every (sub)parser's error then names the closest known option
         args = build_parser().parse_args(argv)
         return args.func(args)
