@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # The vLLM generation server for GRPO in server mode (`use_vllm: true`, `vllm_mode: server` in the Orsta recipes),
-# on GPUs that the trainer does not use. GPU only: TRL's weight sync from the trainer to the server is NCCL-only
-# (on a CPU host vLLM runs in colocate mode, inside the trainer: recipes/configs/tiny_cpu_vllm.yaml, docs/scaling.md).
+# on GPUs that the trainer does not use. A thin wrapper of `triune vllm-serve` (src/triune_trl/vllm_serve.py), which
+# runs TRL 1.16's `trl vllm-serve` command (the weight-transfer engine, processed logprobs, the scale-out endpoints
+# for multimodal prompts, VLLM_SERVER_DEV_MODE=1) with the weight transfer picked by platform: NCCL on GPU hosts,
+# HTTP (`triune_http`) on hosts without CUDA; it waits for /health and prints a ready line.
 #
 #   CUDA_VISIBLE_DEVICES=7 local_scripts/vllm_serve.sh                                 # Orsta-7B, one GPU
 #   MODEL=Qwen/Qwen2.5-VL-32B-Instruct VLLM_TP=4 CUDA_VISIBLE_DEVICES=4,5,6,7 local_scripts/vllm_serve.sh
+#   VLLM_HOST=0.0.0.0 local_scripts/vllm_serve.sh      # trainers on other nodes (the update routes are unauthenticated)
 #
-# TRL 1.16's `trl vllm-serve` runs `vllm serve` with what the trainer needs (the NCCL weight-transfer engine,
-# processed logprobs, the scale-out endpoints for multimodal prompts, VLLM_SERVER_DEV_MODE=1). Extra arguments are
-# passed on to `vllm serve` unchanged, e.g. `--limit-mm-per-prompt '{"image": 4}'`.
-# TRIUNE_DRY_RUN=1 prints the command instead of running it.
+# Extra arguments are passed on (unknown ones to `vllm serve` unchanged), e.g. `--limit-mm-per-prompt '{"image": 4}'`.
+# VLLM_WEIGHT_TRANSFER=nccl|triune_http overrides the platform's choice. TRIUNE_DRY_RUN=1 prints the command instead.
 set -euo pipefail
 
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}   # the recipe's model_name_or_path
 VLLM_TP=${VLLM_TP:-1}                         # tensor parallel size (4 for 32B on 80 GB GPUs)
-VLLM_HOST=${VLLM_HOST:-0.0.0.0}
+VLLM_HOST=${VLLM_HOST:-127.0.0.1}             # 0.0.0.0 when the trainers run on other nodes
 VLLM_PORT=${VLLM_PORT:-8000}                  # the recipe's vllm_server_port
 VLLM_MAX_MODEL_LEN=${VLLM_MAX_MODEL_LEN:-10240}   # max prompt 8192 + max completion 2048 (paper)
 VLLM_GPU_MEMORY_UTILIZATION=${VLLM_GPU_MEMORY_UTILIZATION:-0.9}
 
 cmd=(
-  trl vllm-serve
+  triune vllm-serve
   --model "$MODEL"
   --tensor_parallel_size "$VLLM_TP"
   --host "$VLLM_HOST"
@@ -29,8 +30,11 @@ cmd=(
   --gpu_memory_utilization "$VLLM_GPU_MEMORY_UTILIZATION"
   --dtype bfloat16
   --enable_prefix_caching true
-  "$@"
 )
+if [[ -n "${VLLM_WEIGHT_TRANSFER:-}" ]]; then
+  cmd+=(--weight_transfer "$VLLM_WEIGHT_TRANSFER")
+fi
+cmd+=("$@")
 if [[ -n "${TRIUNE_DRY_RUN:-}" ]]; then
   printf '%s\n' "${cmd[@]}"
   exit 0

@@ -20,9 +20,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import launch_command_parser
 from torch.distributed.run import get_args_parser as torchrun_parser
 from trl.scripts.vllm_serve import build_command
-from trl.scripts.vllm_serve import make_parser as vllm_serve_parser
 
 from triune_trl.training import make_parser
+from triune_trl.vllm_serve import parse as parse_vllm_serve
 from triune_trl.warm_start import make_parser as make_warm_start_parser
 
 from .conftest import REPO_ROOT
@@ -183,11 +183,10 @@ def test_train_multinode_rejects_an_unknown_launcher():
 
 def test_vllm_serve_flags_are_trl_vllm_serve_flags():
     command = _dry_run("vllm_serve.sh", {"MODEL": "Qwen/Qwen2.5-VL-32B-Instruct", "VLLM_TP": "4"})
-    assert command[:2] == ["trl", "vllm-serve"]
-    script_args, forwarded = vllm_serve_parser().parse_args_and_config(
-        args=command[2:], return_remaining_strings=True
-    )
-    assert forwarded == [], f"flags trl vllm-serve does not know (they would go to vllm serve as-is): {forwarded}"
+    assert command[:2] == ["triune", "vllm-serve"]
+    script_args, serve_args, forwarded = parse_vllm_serve(command[2:])
+    assert forwarded == [], f"flags triune vllm-serve does not know (they would go to vllm serve as-is): {forwarded}"
+    assert serve_args.weight_transfer == "auto"  # nccl on GPU hosts
     assert (script_args.model, script_args.tensor_parallel_size) == ("Qwen/Qwen2.5-VL-32B-Instruct", 4)
     assert script_args.max_model_len == 8192 + 2048
     vllm_command = build_command(script_args)

@@ -40,9 +40,7 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    (TRL sends the processor-expanded ids, which vLLM expands a second time). A completion whose vision pad was
    replaced (5.) keeps no vLLM log-prob from that token on (they were sampled after the pad, which the trainer does
    not score), as TRL drops those vLLM could not score. On vLLM's CPU platform TRL's per-parameter weight sync
-   fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's. On
-   every platform and in every mode, fused MoE experts that transformers keeps transposed in memory (Qwen3-VL-MoE)
-   are handed to vLLM in the released checkpoint layout its loader expects (`triune_trl.expert_layout`).
+   fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's.
 10. Images are decoded once per generation round (`triune_trl.data.deferred_images`): TRL's train DataLoader
    yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
    a round's images are decoded when it generates.
@@ -53,6 +51,11 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    transformers' printed dict of every key (hundreds per step with per-source metrics) gives way to a headline line
    and a per-source table, and MLflow's callback to one that renames `reward` to `reward/all` next to
    `reward/<source>`, which MLflow's file store would otherwise refuse, losing the step's metrics.
+14. vLLM server mode (`triune_trl.vllm_server_client`): while TRL builds the trainer (its client connects and opens
+   the weight transfer in `GRPOTrainer.__init__`), its `VLLMClient` is `TriuneVLLMClient`, which syncs over HTTP
+   when the server runs the `triune_http` backend (`triune vllm-serve` on a CPU host: TRL's sync is NCCL only),
+   keeps TRL's NCCL path otherwise, resets the server's encoder cache after each sync, and ends the run with one
+   line when the server dies.
 """
 
 from __future__ import annotations
@@ -74,7 +77,6 @@ from trl.trainer.utils import RepeatSampler
 
 from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
 from .data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_refs, resolve_images
-from .expert_layout import send_released_layout
 from .image_buffers import offload, onload
 from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
@@ -82,6 +84,7 @@ from .monitoring.trackers import adjust_callbacks
 from .nonfinite import check_deepspeed_config, drop_update
 from .vllm_cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
 from .vllm_prompts import collapse_placeholder_runs, drop_replaced_logprobs
+from .vllm_server_client import use_server_client
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +229,9 @@ class TriuneGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, processing_class=None, **kwargs):
         if processing_class is not None:
             use_left_padding(processing_class)
-        super().__init__(*args, processing_class=processing_class, **kwargs)
+        training_args = kwargs.get("args", args[2] if len(args) > 2 else None)
+        with use_server_client(training_args):  # 14. above: TRL builds its vLLM client (and communicator) here
+            super().__init__(*args, processing_class=processing_class, **kwargs)
         adjust_callbacks(self)  # 12. above
         self._source_monitor = SourceMonitor()
         # TRL's own image gather is one-sided on mixed-modality ranks (see 2. above); ours runs on every rank.
@@ -249,8 +254,6 @@ class TriuneGRPOTrainer(GRPOTrainer):
             deepspeed_plugin.zero_stage if deepspeed_plugin is not None else None,
             self.accelerator.num_processes,
         )
-        if self.use_vllm:  # 9. above: fused MoE experts reach vLLM in the released layout, in every mode
-            send_released_layout(self.vllm_generation, self.model)
         if self.use_vllm and self.vllm_mode == "colocate" and on_vllm_cpu_platform():  # 9. above
             self.vllm_generation.sync_weights = partial(sync_weights_by_reload, self.vllm_generation)
 
