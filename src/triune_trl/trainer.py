@@ -40,7 +40,9 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    (TRL sends the processor-expanded ids, which vLLM expands a second time). A completion whose vision pad was
    replaced (5.) keeps no vLLM log-prob from that token on (they were sampled after the pad, which the trainer does
    not score), as TRL drops those vLLM could not score. On vLLM's CPU platform TRL's per-parameter weight sync
-   fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's.
+   fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's. On
+   every platform and in every mode, fused MoE experts that transformers keeps transposed in memory (Qwen3-VL-MoE)
+   are handed to vLLM in the released checkpoint layout its loader expects (`triune_trl.expert_layout`).
 10. Images are decoded once per generation round (`triune_trl.data.deferred_images`): TRL's train DataLoader
    yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
    a round's images are decoded when it generates.
@@ -77,6 +79,7 @@ from trl.trainer.utils import RepeatSampler
 
 from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
 from .data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_refs, resolve_images
+from .expert_layout import send_released_layout
 from .image_buffers import offload, onload
 from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
@@ -254,6 +257,8 @@ class TriuneGRPOTrainer(GRPOTrainer):
             deepspeed_plugin.zero_stage if deepspeed_plugin is not None else None,
             self.accelerator.num_processes,
         )
+        if self.use_vllm:  # 9. above: fused MoE experts reach vLLM in the released layout, in every mode
+            send_released_layout(self.vllm_generation, self.model)
         if self.use_vllm and self.vllm_mode == "colocate" and on_vllm_cpu_platform():  # 9. above
             self.vllm_generation.sync_weights = partial(sync_weights_by_reload, self.vllm_generation)
 
