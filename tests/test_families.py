@@ -5,9 +5,11 @@ sizes and prompt token counts come from the family's processor (28 or 32 px per 
 from __future__ import annotations
 
 import json
+import re
 
 import PIL.Image
 import pytest
+import torch
 from transformers import AutoProcessor
 from trl.data_utils import apply_chat_template
 
@@ -92,3 +94,88 @@ def test_data_stats_sizes_images_for_the_named_family(tmp_path, capsys):
     assert tokens == {"qwen2.5-vl": (644.0, 23 * 17), "qwen3-vl": (640.0, 20 * 15)}
     assert main(["data", "stats", "--data-config", str(config)]) == 0  # default: Qwen2.5-VL, as before
     capsys.readouterr()
+
+
+# --- LoRA targets per family ---------------------------------------------------------------------------------------
+
+OLD_QWEN2_5_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+def _matched(model_dir, pattern):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return {name for name, _ in model.named_modules() if re.fullmatch(pattern, name)}
+
+
+def test_lora_targets_keep_qwen2_5_vl_and_reach_qwen3_5_linear_attention_and_shared_experts(tiny_family_model):
+    from triune_trl.lora import LANGUAGE_MODEL_LORA_TARGETS
+
+    qwen2_5 = _matched(tiny_family_model("qwen2.5-vl"), LANGUAGE_MODEL_LORA_TARGETS)
+    assert qwen2_5 == _matched(tiny_family_model("qwen2.5-vl"), OLD_QWEN2_5_TARGETS) and len(qwen2_5) == 14
+    matched = _matched(tiny_family_model("qwen3.5-moe"), LANGUAGE_MODEL_LORA_TARGETS)
+    moe = {name.split(".layers.")[1] for name in matched}
+    assert {"0.linear_attn.in_proj_qkv", "0.linear_attn.out_proj", "0.mlp.shared_expert.down_proj",
+            "1.self_attn.q_proj"} <= moe
+    assert not {name for name in moe if name.endswith(("mlp.gate", "shared_expert_gate", "conv1d"))}
+
+
+def test_lora_defaults_add_fused_experts_only_without_dropout(tiny_family_model, caplog):
+    from trl import ModelConfig
+
+    from triune_trl.errors import UsageError
+    from triune_trl.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults
+
+    for family in ("qwen3-vl-moe", "qwen3.5-moe"):
+        no_dropout = ModelConfig(model_name_or_path=str(tiny_family_model(family)), use_peft=True, lora_dropout=0.0)
+        apply_lora_defaults(no_dropout)
+        assert no_dropout.lora_target_parameters == FUSED_EXPERT_LORA_PARAMETERS
+        with caplog.at_level("WARNING", logger="triune_trl.lora"):
+            trl_default = ModelConfig(model_name_or_path=str(tiny_family_model(family)), use_peft=True)
+            apply_lora_defaults(trl_default)
+        assert trl_default.lora_target_parameters is None and trl_default.lora_target_modules
+        assert "pass --lora_dropout 0 to adapt them too (got 0.05)" in caplog.text
+    dense = ModelConfig(model_name_or_path=str(tiny_family_model("qwen3.5")), use_peft=True, lora_dropout=0.0)
+    apply_lora_defaults(dense)
+    assert dense.lora_target_parameters is None
+    explicit = ModelConfig(use_peft=True, lora_target_parameters=["mlp.experts.down_proj"])
+    with pytest.raises(UsageError, match=r"--lora_target_parameters mlp.experts.down_proj needs --lora_dropout 0"):
+        apply_lora_defaults(explicit)
+
+
+# --- think pre-fill --------------------------------------------------------------------------------------------------
+
+
+def test_completion_prefill_is_the_unclosed_think_tag_of_qwen3_5_only(tiny_family_model):
+    from trl.chat_template_utils import qwen3_5_nothink_chat_template
+
+    from triune_trl.prefill import completion_prefill, prefill_of
+
+    think = "<think>\n"
+    expected = {"qwen2.5-vl": "", "qwen3-vl": "", "qwen3-vl-moe": "", "qwen3.5": think, "qwen3.5-moe": think}
+    for family, prefill in expected.items():
+        processor = AutoProcessor.from_pretrained(tiny_family_model(family))
+        assert completion_prefill(processor) == prefill, family
+        assert completion_prefill(processor.tokenizer) == prefill, family
+    qwen3_5 = AutoProcessor.from_pretrained(tiny_family_model("qwen3.5"))
+    # thinking turned off: the template pre-fills a closed, empty block; nothing is prepended
+    assert completion_prefill(qwen3_5, {"enable_thinking": False}) == ""
+    qwen3_5.chat_template = qwen3_5_nothink_chat_template  # Qwen3.5-2B and smaller
+    assert completion_prefill(qwen3_5) == ""
+    assert completion_prefill(qwen3_5, {"enable_thinking": True}) == "<think>\n"
+    assert prefill_of("<|im_start|>assistant\n") == "" and prefill_of("assistant\n<think>\n\n</think>\n\n") == ""
+
+
+def test_the_router_scores_prefill_plus_completion():
+    from triune_trl.rewards import RewardRouter
+
+    spec = {"ground_truth": "\\boxed{4}", "verifier": "mathverify", "accuracy_ratio": 1.0, "format_ratio": 1.0}
+    continued = "2 + 2\n</think>\n<answer>\n\\boxed{4}\n</answer>"  # what a model writes after a pre-filled <think>
+    reopened = "<think>\n" + continued
+    router = RewardRouter(workers=0)
+    assert router(completions=[continued, reopened], reward_model=[spec, spec]) == [0.875, 1.0]  # release scoring
+    router.completion_prefix = "<think>\n"
+    assert router(completions=[continued, reopened], reward_model=[spec, spec]) == [1.0, 0.875]
+    assert [s["format_reward"] for s in router.last_scores] == [1.0, 0.75]

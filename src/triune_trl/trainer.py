@@ -53,6 +53,8 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    transformers' printed dict of every key (hundreds per step with per-source metrics) gives way to a headline line
    and a per-source table, and MLflow's callback to one that renames `reward` to `reward/all` next to
    `reward/<source>`, which MLflow's file store would otherwise refuse, losing the step's metrics.
+13. A chat template that pre-fills an opening tag in the assistant turn (Qwen3.5's `<think>\n`): the reward
+   router scores `prefill + completion`, so V-Triune's think/answer format can be met (`triune_trl.prefill`).
 14. vLLM server mode (`triune_trl.vllm_server_client`): while TRL builds the trainer (its client connects and opens
    the weight transfer in `GRPOTrainer.__init__`), its `VLLMClient` is `TriuneVLLMClient`, which syncs over HTTP
    when the server runs the `triune_http` backend (`triune vllm-serve` on a CPU host: TRL's sync is NCCL only),
@@ -85,6 +87,7 @@ from .image_less_forwards import prepare_image_less_forwards
 from .monitoring.collector import SourceMonitor, current_iou_threshold
 from .monitoring.trackers import adjust_callbacks
 from .nonfinite import check_deepspeed_config, drop_update
+from .prefill import completion_prefill
 from .vllm_cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
 from .vllm_prompts import collapse_placeholder_runs, drop_replaced_logprobs
 from .vllm_server_client import use_server_client
@@ -241,6 +244,7 @@ class TriuneGRPOTrainer(GRPOTrainer):
         self._log_images = self.log_multimodal and self.log_completions
         self.log_multimodal = False
         self._router = next((func for func in self.reward_funcs if hasattr(func, "last_scores")), None)
+        self._set_completion_prefix()
         self._vision_pad_ids = self._find_vision_pad_ids()
         self._pad_replacement_id = replacement_token_id(self._tokenizer, self._option("vision_pad_replacement"))
         self._vision_pads_replaced: list[int] | None = None
@@ -261,6 +265,16 @@ class TriuneGRPOTrainer(GRPOTrainer):
             send_released_layout(self.vllm_generation, self.model)
         if self.use_vllm and self.vllm_mode == "colocate" and on_vllm_cpu_platform():  # 9. above
             self.vllm_generation.sync_weights = partial(sync_weights_by_reload, self.vllm_generation)
+
+    def _set_completion_prefix(self) -> None:
+        """Rewards score `prefill + completion` when the chat template pre-fills an opening tag (Qwen3.5's
+        `<think>\n`), so the release's think/answer format can be met (triune_trl.prefill, docs/rewards.md)."""
+        if self._router is None:
+            return
+        prefix = completion_prefill(self.processing_class, self.chat_template_kwargs)
+        self._router.completion_prefix = prefix
+        if prefix:
+            logger.info("the chat template pre-fills %r in the assistant turn: rewards score it + completion", prefix)
 
     def _option(self, name: str):
         """A TriuneGRPOConfig option, or its default when the trainer was given a plain GRPOConfig."""

@@ -156,7 +156,13 @@ class RewardRouter:
     with `batch_time_limit` a whole call is bounded too: completions not scored when it runs out are unverifiable
     (status `budget`, logged as `rewards/over_budget_count`). The workers start on the first call and stop with
     `close()`, when the router is garbage-collected, or at exit.
+
+    `completion_prefix` is prepended to every completion before scoring: the opening tag a chat template pre-fills
+    in the assistant turn (`<think>\n` for Qwen3.5's thinking template, "" otherwise; set by `TriuneGRPOTrainer`
+    from `triune_trl.prefill.completion_prefill`), so the verifiers see the whole turn (docs/rewards.md).
     """
+
+    completion_prefix: str = ""
 
     def __init__(
         self,
@@ -270,7 +276,7 @@ class RewardRouter:
         slots: list[int | dict[str, Any]] = []
         for index, completion in enumerate(completions):
             try:
-                text = completion_text(completion)
+                text = self.completion_prefix + completion_text(completion)
             except TypeError as exc:
                 slots.append(unverifiable(f"unreadable completion: {exc}"))
                 continue
