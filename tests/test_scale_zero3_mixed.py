@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import GRPOConfig
 
 from triune_trl.configs import TriuneGRPOConfig
@@ -332,22 +332,52 @@ def test_single_process_trainer_installs_no_alignment(tmp_path, tiny_model_dir):
     assert not any(isinstance(owner, VisionAlignment) for owner in hooked)
 
 
-def test_qwen3_vl_deepstack_gets_the_guard_and_a_warning_not_the_alignment(tiny_model, caplog):
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
-    config = Qwen3VLConfig(
-        text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, rope_parameters=rope),
-        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           deepstack_visual_indexes=[0]),
-    )
-    model = Qwen3VLForConditionalGeneration(config)
-    assert find_vision_tower(model).has_deepstack()
-    assert not find_vision_tower(tiny_model).has_deepstack()
-    with caplog.at_level("WARNING", logger="triune_trl.image_less_forwards"):
-        hooks = prepare_image_less_forwards([model], "DEEPSPEED", 3, 2)
-    assert [type(hook) for hook in hooks] == [EmptyImageGuard]
-    assert "deepstack" in caplog.text
+QWEN3_FAMILIES = ("qwen3-vl", "qwen3-vl-moe", "qwen3.5", "qwen3.5-moe")
 
+
+def _image_batch(folder) -> dict[str, torch.Tensor]:
+    processor = AutoProcessor.from_pretrained(folder)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[Image.new("RGB", (64, 64), "red")], return_tensors="pt")
+    return {**inputs, "labels": inputs["input_ids"].clone()}
+
+
+@pytest.mark.parametrize("family", QWEN3_FAMILIES)
+def test_alignment_mirrors_each_qwen3_family_with_zero_gradients(family, tiny_family_model):
+    """Qwen3-VL's deepstack included: the dummy reaches exactly the vision parameters an image forward reaches, the
+    logits and language gradients stay bit-identical, and every vision gradient is exactly zero."""
+    folder = tiny_family_model(family)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    tower = find_vision_tower(model)
+    assert tower is not None and tower.has_deepstack() == family.startswith("qwen3-vl")
+    batch = _text_only_batch(model)
+    with torch.no_grad():
+        logits_plain = model(**batch).logits
+    loss_plain, grads_plain = _loss_and_grads(model, batch)
+    assert not any(".visual." in f".{name}" for name in grads_plain), "a text-only pass reached the vision tower"
+
+    hooks = prepare_image_less_forwards([model], "DEEPSPEED", 3, 2)
+    try:
+        assert [type(hook) for hook in hooks] == [EmptyImageGuard, VisionAlignment]
+        with torch.no_grad():
+            logits_aligned = model(**batch).logits
+        loss_aligned, grads_aligned = _loss_and_grads(model, batch)
+        assert hooks[1].dummy_forwards == 2
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    assert torch.equal(logits_aligned, logits_plain) and torch.equal(loss_aligned, loss_plain)
+    assert all(torch.equal(grads_aligned[name], grads) for name, grads in grads_plain.items())
+    vision = {name for name in grads_aligned if name not in grads_plain}
+    assert all(torch.count_nonzero(grads_aligned[name]) == 0 for name in vision)
+    # the same vision parameters an image forward trains (deepstack mergers included), no more, no fewer
+    _, grads_image = _loss_and_grads(model, _image_batch(folder))
+    assert vision == {name for name in grads_image if ".visual." in f".{name}"}
+    if tower.has_deepstack():
+        assert any("deepstack_merger_list" in name for name in vision)
 
 
 def test_zero3_installs_the_guard_and_the_alignment_on_each_vision_model(tiny_model):

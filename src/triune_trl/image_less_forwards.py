@@ -22,8 +22,15 @@ Two problems, two hooks, both installed by `prepare_image_less_forwards` when th
    KV cache) are left alone: no rank runs the vision tower there. Cost: one vision forward and backward over one
    image of 1 x m x m patches (m = spatial merge size: one merged token) per image-less forward pass. DDP needs
    none of this (TRL sets `ddp_find_unused_parameters`), nor do ZeRO-1/2 (whole parameters on every rank) or one
-   process; there nothing is installed. Qwen3-VL is left out, with a warning: its vision features also enter the
-   language model at several decoder layers (deepstack), which a dummy tied in at the input does not mirror.
+   process; there nothing is installed.
+
+   Qwen3-VL (dense and MoE) also feeds vision features into the first decoder layers (deepstack): a real image
+   forward passes `deepstack_visual_embeds` (one tensor per deepstack layer, one row per image token) and
+   `visual_pos_masks` (where the image tokens are) to the language model, which adds each tensor to its layer's
+   hidden states at those positions. The dummy mirrors that too: its deepstack features, times 0, go in through
+   the same two arguments at one position of the batch, so backward reaches every deepstack merger through the
+   same decoder layers as on an image rank, the hidden states stay value for value what they were (x + 0), and
+   every vision parameter, deepstack mergers included, gets a gradient of exactly zero.
 
 Written by hand: neither DeepSpeed, accelerate, TRL nor transformers pad modality-dependent forwards (DeepSpeed's
 answer is "run the same modules on every rank", which is what this does).
@@ -119,12 +126,14 @@ class VisionTower:
         )
 
     def features(self, device: torch.device):
-        """Run the vision tower on the dummy image the way a real image forward does; return what that forward uses.
+        """Run the vision tower on the dummy image the way a real image forward does; return what that forward uses:
+        `(merged image tokens, deepstack features or None)`.
 
-        A real forward calls `get_image_features` and feeds only its `pooler_output` (the merged image tokens) to
-        the language model. Only that may be tied into the graph: ZeRO-3 runs a module's backward hook once per
-        output tensor that receives a gradient, and records (and compares across ranks) every such fetch, so tying
-        in the unused `last_hidden_state` as well would make this rank's backward differ from an image rank's.
+        A real forward calls `get_image_features` and feeds only its `pooler_output` (the merged image tokens) and,
+        for Qwen3-VL, its `deepstack_features` (one tensor per deepstack layer) to the language model. Only those may
+        be tied into the graph: ZeRO-3 runs a module's backward hook once per output tensor that receives a gradient,
+        and records (and compares across ranks) every such fetch, so tying in the unused `last_hidden_state` as well
+        would make this rank's backward differ from an image rank's.
         """
         pixel_values, grid_thw = self.dummy_image(device)
         image_features = getattr(self.parent, "get_image_features", None)
@@ -132,8 +141,11 @@ class VisionTower:
             output = image_features(pixel_values, grid_thw)
         else:
             output = self.vision(pixel_values, grid_thw=grid_thw)
-        pooled = output.get("pooler_output") if isinstance(output, Mapping) else None
-        return pooled if pooled is not None else output
+        if not isinstance(output, Mapping):
+            return output, None
+        pooled = output.get("pooler_output")
+        deepstack = output.get("deepstack_features") or None
+        return (pooled if pooled is not None else output), deepstack
 
 
 def find_vision_tower(model: nn.Module) -> VisionTower | None:
@@ -234,14 +246,36 @@ class VisionAlignment(_Hooks):
                 "(weight 0) so that every rank gathers the same parameters"
             )
         self.dummy_forwards += 1
-        tie = torch.nan_to_num(floating_sum(self.tower.features(device)), nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+        pooled, deepstack = self.tower.features(device)
+        tie = _zeroed(floating_sum(pooled))
         self._vision_ran = False
         if not isinstance(inputs_embeds, torch.Tensor):
             return None  # forward gathers now match; nothing to add the (zero) features to
-        return args, {**kwargs, "inputs_embeds": inputs_embeds + tie.to(inputs_embeds.dtype)}
+        kwargs = {**kwargs, "inputs_embeds": inputs_embeds + tie.to(inputs_embeds.dtype)}
+        if deepstack:
+            kwargs.update(_deepstack_tie(inputs_embeds, deepstack))
+        return args, kwargs
 
     def _device(self) -> torch.device:
         return next(self.tower.language.parameters()).device
+
+
+def _zeroed(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor * 0`, with NaN and infinities made finite first (0 * inf is NaN): exactly zero, still in the graph."""
+    return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+
+
+def _deepstack_tie(inputs_embeds: torch.Tensor, deepstack: list[torch.Tensor]) -> dict:
+    """The language model's deepstack arguments for the dummy image: its features times 0, at the last position of
+    the first row (one merged token per feature tensor). Adding them leaves every hidden state as it was."""
+    tokens = int(deepstack[0].shape[0])
+    if inputs_embeds.ndim != 3 or inputs_embeds.shape[1] < tokens:
+        shape = tuple(inputs_embeds.shape)
+        raise ValueError(f"cannot place {tokens} dummy deepstack token(s) in inputs_embeds of shape {shape}")
+    mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+    mask[0, inputs_embeds.shape[1] - tokens :] = True
+    embeds = [_zeroed(feature).to(inputs_embeds.device, inputs_embeds.dtype) for feature in deepstack]
+    return {"visual_pos_masks": mask, "deepstack_visual_embeds": embeds}
 
 
 def _tower_of(model: nn.Module) -> VisionTower:
@@ -277,14 +311,7 @@ def prepare_image_less_forwards(models, distributed_type, zero_stage: int | None
         if tower is None:
             continue
         installed.append(EmptyImageGuard(tower))
-        if align and tower.has_deepstack():
-            logger.warning(
-                "%s: its vision tower feeds the language model at several layers (deepstack), which the dummy image "
-                "pass does not mirror; under ZeRO-3 / FSDP a step with text-only rows on one rank and images on "
-                "another will abort. Use rows that all carry images, or ZeRO-2 / DDP.",
-                type(tower.parent).__name__,
-            )
-        elif align:
+        if align:
             installed.append(VisionAlignment(tower))
     if any(isinstance(hook, VisionAlignment) for hook in installed):
         logger.info(
