@@ -10,7 +10,8 @@ weights, no GPU), and reports in one table:
   optimizer updates per rollout batch, steps per epoch and in all;
 * host memory per rank for images: one generation round's decoded images (`data.deferred_images`) and its buffered
   `pixel_values` (`image_buffers`);
-* the reward servers' /health and the vLLM server's reachability and served model, when the recipe uses them.
+* the reward servers' /health and the vLLM server's reachability, served model and context (its real
+  `max_model_len`, from /v1/models, against max_prompt_length + max_completion_length), when the recipe uses them.
 
 Exit status 1 when anything would stop the run (a bad row, prompts over budget in error mode, every row over budget,
 max_prompt_length + max_completion_length over vllm_max_model_length, a reward server or the vLLM server down, a
@@ -224,7 +225,7 @@ def check_reward_servers(report: Report, script_args) -> None:
             report.add("servers", f"reward server {url}", f"down: {type(exc).__name__}: {exc}", FAIL)
 
 
-def check_vllm_server(report: Report, training_args, model_name: str) -> None:
+def check_vllm_server(report: Report, training_args, model_name: str, max_prompt_length: int | None = None) -> None:
     if not training_args.use_vllm or training_args.vllm_mode != "server":
         mode = f"vLLM {training_args.vllm_mode} mode" if training_args.use_vllm else "transformers generate"
         report.add("servers", "generation", mode)
@@ -242,14 +243,27 @@ def check_vllm_server(report: Report, training_args, model_name: str) -> None:
         report.add("servers", f"vLLM server {base}",
                    f"unreachable ({type(exc).__name__}); start local_scripts/vllm_serve.sh first", FAIL)
         return
-    served = "unknown"
+    served, models = "unknown", []
     try:
-        served = ", ".join(m.get("id", "?") for m in _get(f"{base}/v1/models").json().get("data", []))
+        models = _get(f"{base}/v1/models").json().get("data", [])
+        served = ", ".join(m.get("id", "?") for m in models)
     except Exception:  # noqa: BLE001 - reachability is what matters; the name is a courtesy
         pass
     same = model_name in served.split(", ")
     report.add("servers", f"vLLM server {base}", f"up, serving {served}",
                OK if same else WARN)
+    # the server's own context decides what it accepts (HTTP 400 over it), not the recipe's vllm_max_model_length
+    server_len = next((m["max_model_len"] for m in models if isinstance(m.get("max_model_len"), int)), None)
+    if server_len is None or max_prompt_length is None:
+        return
+    need = max_prompt_length + training_args.max_completion_length
+    recipe_len = getattr(training_args, "vllm_max_model_length", None)
+    note = f"; the recipe's vllm_max_model_length {recipe_len} differs" if recipe_len not in (None, server_len) else ""
+    report.add("servers", "vLLM server max_model_len",
+               f"{server_len}: max_prompt_length + max_completion_length = {need} "
+               + ("fits" if need <= server_len else "does not fit (vLLM refuses such prompts with HTTP 400; lower "
+                  "--max_prompt_length or restart the server with a larger --max_model_len)") + note,
+               FAIL if need > server_len else (WARN if note else OK))
 
 
 def render(report: Report) -> None:
@@ -312,6 +326,6 @@ def run_preflight(argv: Sequence[str]) -> int:
     geometry = check_geometry(report, training_args, ours.num_processes, facts)
     check_memory(report, training_args, facts, geometry)
     check_reward_servers(report, script_args)
-    check_vllm_server(report, training_args, model)
+    check_vllm_server(report, training_args, model, script_args.max_prompt_length)
     render(report)
     return 1 if report.failed else 0
