@@ -23,13 +23,13 @@ It takes `trl vllm-serve`'s options (TRL's `ScriptArguments`, built into the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -114,7 +114,7 @@ def server_command(script_args, extra_args: list[str], backend: str) -> list[str
     return [*build_command(script_args, extra_args), "--weight-transfer-config", json.dumps({"backend": backend})]
 
 
-def wait_until_ready(process: subprocess.Popen, base: str, timeout: float) -> dict:
+def wait_until_ready(process: subprocess.Popen, base: str, timeout: float, stopping: list | None = None) -> dict:
     """The server's /v1/models entry once /health answers 200; VLLMServeError if the process exits first."""
     import httpx
 
@@ -122,6 +122,8 @@ def wait_until_ready(process: subprocess.Popen, base: str, timeout: float) -> di
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
+            if stopping:
+                raise VLLMServeError(f"interrupted before {base} was ready; the vLLM server stopped")
             raise VLLMServeError(f"the vLLM server exited with status {code} before answering {base}/health; "
                                  "its log above says why")
         try:
@@ -147,7 +149,10 @@ def stop(process: subprocess.Popen) -> int:
             process.wait(wait)
         except subprocess.TimeoutExpired:
             continue
-    return process.wait()
+    code = process.wait()
+    with contextlib.suppress(ProcessLookupError):  # what outlived its API server (an engine core), if anything
+        os.killpg(process.pid, signal.SIGKILL)
+    return code
 
 
 def parse(argv: list[str]):
@@ -180,25 +185,30 @@ def serve(argv: list[str]) -> int:
         host = "127.0.0.1" if script_args.host in ("0.0.0.0", "") else script_args.host
         base = f"http://{host}:{script_args.port}"
         process = subprocess.Popen(command, env=env, start_new_session=True)
+        stopping: list[float] = []
 
-        def forward(signum, _frame):
-            stop(process)
-            sys.exit(128 + signum)
+        def forward(signum, _frame):  # no waiting here: the main thread may hold the Popen's wait lock
+            stopping.append(time.monotonic())
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         try:
-            served = wait_until_ready(process, base, serve_args.health_timeout)
-        except BaseException:
+            served = wait_until_ready(process, base, serve_args.health_timeout, stopping)
+            print(
+                f"triune vllm-serve: ready at {base} (pid {process.pid}), serving {served['id']}, max_model_len "
+                f"{served.get('max_model_len')}, weight transfer {backend}; train with --use_vllm true --vllm_mode "
+                f"server --vllm_server_host {host} --vllm_server_port {script_args.port}",
+                flush=True,
+            )
+            while process.poll() is None:
+                if stopping and time.monotonic() - stopping[0] > STOP_GRACE_SECONDS:
+                    os.killpg(process.pid, signal.SIGKILL)
+                time.sleep(POLL_SECONDS)
+        finally:
             stop(process)
-            raise
-        print(
-            f"triune vllm-serve: ready at {base} (pid {process.pid}), serving {served['id']}, max_model_len "
-            f"{served.get('max_model_len')}, weight transfer {backend}; train with --use_vllm true --vllm_mode server "
-            f"--vllm_server_host {host} --vllm_server_port {script_args.port}",
-            flush=True,
-        )
-        return process.wait()
+        return process.returncode
 
 
 def register(commands) -> None:
