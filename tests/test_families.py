@@ -18,8 +18,9 @@ from triune_trl.data.loader import prompt_tokens, scan_files
 from triune_trl.data.prompt_length import PromptTokenCounter
 from triune_trl.tiny import FAMILIES
 
-from .conftest import write_data_config
+from .conftest import REPO_ROOT, write_data_config
 from .test_data_orsta import image_bytes, orsta_row, write_orsta
+from .test_preflight import orsta_root  # noqa: F401 - the Orsta-shaped data root of the preflight tests
 
 QWEN3_FAMILIES = [f for f in FAMILIES if f != "qwen2.5-vl"]
 LARGE_IMAGES = {"shortest_edge": 64 * 64, "longest_edge": 1024 * 1024}
@@ -179,3 +180,26 @@ def test_the_router_scores_prefill_plus_completion():
     router.completion_prefix = "<think>\n"
     assert router(completions=[continued, reopened], reward_model=[spec, spec]) == [1.0, 0.875]
     assert [s["format_reward"] for s in router.last_scores] == [1.0, 0.75]
+
+
+# --- recipes -------------------------------------------------------------------------------------------------------
+
+FAMILY_RECIPES = {
+    "orsta_qwen3vl_8b.yaml": ("qwen3-vl", "8192 = 8 per device x 128 accumulation x 8"),
+    "orsta_qwen3.5_9b.yaml": ("qwen3.5", "8192 = 8 per device x 128 accumulation x 8"),
+    "orsta_qwen3.5_35b_a3b.yaml": ("qwen3.5-moe", "8192 = 4 per device x 256 accumulation x 8"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(FAMILY_RECIPES))
+def test_family_recipes_pass_preflight(capsys, tiny_family_model, orsta_root, recipe):  # noqa: F811
+    from triune_trl.cli import main
+
+    family, batch = FAMILY_RECIPES[recipe]
+    code = main(["preflight", "--config", str(REPO_ROOT / "recipes" / "configs" / recipe), "--model_name_or_path",
+                 str(tiny_family_model(family)), "--data_root", str(orsta_root), "--use_vllm", "false"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "preflight: ok" in out and "loaded, no weights: Qwen3VLProcessor" in out
+    assert batch in out and "8192 = 1024 prompts x 8 generations" in out
+    assert "1 (1 rounds of 1024 prompts, 1040 rows kept)" in out and "mm_math" in out
