@@ -4,6 +4,7 @@
     triune preflight --config recipes/configs/orsta_7b.yaml [--num-processes 8] [overrides]
     triune tiny-model OUT [--preset learn] [--family qwen3-vl]
     triune warm-start --config recipes/configs/tiny_warm_start.yaml
+    triune pretrain --config recipes/configs/tiny_see_describe.yaml (one stage; make pretrain runs all three)
     triune data make-sample OUT
     triune reward score --input IN.jsonl --output OUT.jsonl
     triune serve-rewards --port 8192 --workers 4 [--token-file F]
@@ -42,6 +43,15 @@ def _warm_start(argv: list[str]) -> int:
     return 0
 
 
+def _pretrain(argv: list[str]) -> int:
+    from .checks import parse_recipe_args
+    from .pretrain import make_parser, run
+
+    script_args, training_args, model_args = parse_recipe_args(make_parser(), argv, "triune pretrain")
+    run(script_args, training_args, model_args)
+    return 0
+
+
 def _preflight(argv: list[str]) -> int:
     from .preflight import run_preflight
 
@@ -76,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     commands.add_parser(
+        "pretrain",
+        help="one stage of the tiny VLM's staged pretraining (TRL SFTTrainer on rows generated on the fly) from a "
+        "YAML recipe; every PretrainArguments/SFTConfig/ModelConfig flag is accepted",
+        add_help=False,
+    )
+    commands.add_parser(
         "warm-start",
         help="supervised warm start (TRL SFTTrainer) from a YAML recipe; every WarmStartArguments/SFTConfig/"
         "ModelConfig flag is accepted",
@@ -96,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a model")
     tiny.add_argument(
         "--preset",
-        choices=("test", "learn"),
+        choices=("test", "learn", "see"),
         default="test",
-        help="test: ~0.6M parameters, 4-16 vision tokens (tests, tiny_cpu.yaml); learn: the learning demo's larger "
-        "model, 64 vision tokens per image (make learn)",
+        help="test: ~0.6M parameters, 4-16 vision tokens (tests, tiny_cpu.yaml); learn: the larger model of issue 14, "
+        "64 vision tokens per image; see: the learn sizes at 112 px, 16 vision tokens (make pretrain)",
     )
     tiny.add_argument(
         "--family",
@@ -127,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             return _preflight(argv[1:])
         if argv and argv[0] == "warm-start":
             return _warm_start(argv[1:])
+        if argv and argv[0] == "pretrain":
+            return _pretrain(argv[1:])
         if argv and argv[0] == "vllm-serve":
             from .vllm_serve import serve
 

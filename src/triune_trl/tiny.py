@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,10 @@ LEARN_SPEC = TinySpec(
     max_pixels=28 * 28 * 64,
     prompt_corpus=True,
 )
-PRESETS: dict[str, TinySpec] = {"test": TinySpec(), "learn": LEARN_SPEC}
+# The learning demo's model since issue 19 (`triune tiny-model OUT --preset see`, `make pretrain`): the learn sizes
+# with 112 px images, 16 merged vision tokens: each 56 px cell of make-sample's 4 x 4 grid is exactly one token.
+SEE_SPEC = replace(LEARN_SPEC, min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 16)
+PRESETS: dict[str, TinySpec] = {"test": TinySpec(), "learn": LEARN_SPEC, "see": SEE_SPEC}
 
 
 def _corpus(seed: int, prompt_corpus: bool = False) -> list[str]:
@@ -133,14 +136,18 @@ def _corpus(seed: int, prompt_corpus: bool = False) -> list[str]:
 def _prompt_corpus(seed: int, per_source: int = 200) -> list[str]:
     """Prompts (with their CoT instructions) and gold answers of the bundled sample tasks, as BPE training text."""
     from .data.cot_prompts import CLOSE_FORM_FIRST, CLOSE_FORM_SECOND, FREE_FORM_FIRST, FREE_FORM_SECOND
-    from .data.make_sample import SAMPLE_SOURCES
+    from .data.make_sample import SAMPLE_SOURCES, SHAPE_COLOURS, SHAPES
 
     rng = random.Random(seed)
     lines = [*CLOSE_FORM_FIRST, *CLOSE_FORM_SECOND, *FREE_FORM_FIRST, *FREE_FORM_SECOND]
     for source in SAMPLE_SOURCES:
         for _ in range(per_source):
             example = source.build(rng)
-            lines += [example.question, example.ground_truth, example.answer]
+            lines += [example.question, example.ground_truth, example.answer, example.reasoning]
+    # The staged pretraining's descriptions and cell questions (triune_trl.pretrain): "c3 red circle", "cell 7".
+    lines += [f"c{cell} {colour} {shape}, cell {cell}" for cell in range(1, 17) for colour in SHAPE_COLOURS
+              for shape in SHAPES]
+    lines += ["List every object in the image with its cell.", "What is in cell 7?", "Is the object in cell 7 red?"]
     return lines
 
 

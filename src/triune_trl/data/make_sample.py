@@ -143,6 +143,9 @@ class Example:
     question: str  # the user turn; one `<image>` per image, in order
     answer: str  # the raw answer
     ground_truth: str  # the formatted gold the verifier parses
+    # What a reader of the image writes before answering, grounded in what was drawn ("c3 red circle 1, c9 red
+    # square 2" for a count): the warm start's `<think>` text (triune_trl.pretrain). Not stored in the parquet rows.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,11 @@ class DrawnObject:
     @property
     def label(self) -> str:
         return f"{self.colour} {self.shape}"
+
+    @property
+    def cell(self) -> int:
+        """The grid cell (1 to GRID * GRID, in reading order) the shape's top-left corner lies in."""
+        return (self.box[1] // _CELL) * GRID + self.box[0] // _CELL + 1
 
 
 @dataclass(frozen=True)
@@ -314,7 +322,7 @@ def _math_image_example(rng: random.Random) -> Example:
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     image = _centred_text(rng, f"{a} + {b}", 44, (20, 20, 20))
     question = "<image>\nWhat is the value of the expression shown in the image?"
-    return Example((image,), question, str(a + b), _boxed(a + b))
+    return Example((image,), question, str(a + b), _boxed(a + b), f"{a} + {b} = {a + b}")
 
 
 def _math_text_example(rng: random.Random) -> Example:
@@ -324,7 +332,7 @@ def _math_text_example(rng: random.Random) -> Example:
         question, value = f"What is {a} + {b}?", a + b
     else:
         question, value = f"What is {a} times {b % 12 + 1}?", a * (b % 12 + 1)
-    return Example((), question, str(value), _boxed(value))
+    return Example((), question, str(value), _boxed(value), f"= {value}")
 
 
 def _panel(rng: random.Random, count: int) -> Image.Image:
@@ -346,7 +354,7 @@ def _puzzle_example(rng: random.Random) -> Example:
     else:
         answer = str(count_a + count_b)
         question = intro + "How many shapes are there in the two panels altogether?"
-    return Example((panel_a, panel_b), question, answer, _boxed(answer))
+    return Example((panel_a, panel_b), question, answer, _boxed(answer), f"A {count_a}, B {count_b}")
 
 
 def _choices(options: Sequence[str]) -> str:
@@ -375,7 +383,7 @@ def _science_example(rng: random.Random) -> Example:
         correct = colour
     letter = chr(ord("A") + options.index(correct))
     question = f"<image>\n{stem}\n{_choices(options)}\nAnswer with the option's letter from the given choices."
-    return Example((image,), question, letter, _boxed(letter))
+    return Example((image,), question, letter, _boxed(letter), f"{correct} {letter}")
 
 
 def _bar_chart(rng: random.Random, colours: Sequence[str], values: Sequence[int]) -> Image.Image:
@@ -400,12 +408,15 @@ def _chart_example(rng: random.Random) -> Example:
     colours = rng.sample(_CHART_COLOURS, count)
     values = rng.sample(range(1, _CHART_MAX + 1), count)
     image = _bar_chart(rng, colours, values)
+    bars = ", ".join(f"{colour} {value}" for colour, value in zip(colours, values, strict=True))
     if rng.random() < 0.5:
         target = rng.randrange(count)
         stem, value = f"What is the value of the {colours[target]} bar?", values[target]
+        reasoning = f"{bars}; {colours[target]} {value}"
     else:
         stem, value = "What is the largest value shown in the bar chart?", max(values)
-    return Example((image,), f"<image>\n{stem}", str(value), _boxed(value))
+        reasoning = f"{bars}; largest {value}"
+    return Example((image,), f"<image>\n{stem}", str(value), _boxed(value), reasoning)
 
 
 def _detection_example(rng: random.Random) -> Example:
@@ -419,7 +430,8 @@ def _detection_example(rng: random.Random) -> Example:
         f"the image, and list every object, even when several share a category. {_DETECTION_INSTRUCTION}"
     )
     box_list = _box_list(objects, image.size)
-    return Example((image,), question, box_list, _answer_block(box_list))
+    reasoning = ", ".join(f"c{obj.cell} {obj.label}" for obj in objects)
+    return Example((image,), question, box_list, _answer_block(box_list), reasoning)
 
 
 def _relation(target: DrawnObject, twin: DrawnObject) -> str:
@@ -445,7 +457,14 @@ def _grounding_example(rng: random.Random) -> Example:
         f'{{"bbox_2d": [x1, y1, x2, y2], "label": "{phrase}"}}. {_DETECTION_INSTRUCTION}'
     )
     box_list = _box_list([target], image.size, labels=[phrase])
-    return Example((image,), question, box_list, _answer_block(box_list))
+    return Example((image,), question, box_list, _answer_block(box_list), f"c{target.cell} {target.label}")
+
+
+def _enumeration(objects: Iterator[DrawnObject] | Sequence[DrawnObject]) -> str:
+    """The matching objects in cell order with a running count ("c3 red circle 1, c9 red square 2"): the count is
+    then a copy of the last index, so a reader only has to find the next matching cell, never pool silently."""
+    ordered = sorted(objects, key=lambda obj: obj.cell)
+    return ", ".join(f"c{obj.cell} {obj.label} {index}" for index, obj in enumerate(ordered, 1))
 
 
 def _counting_example(rng: random.Random) -> Example:
@@ -463,7 +482,8 @@ def _counting_example(rng: random.Random) -> Example:
         )
     else:
         stem, count = "How many objects are there in the image?", len(objects)
-    return Example((image,), f"<image>\n{stem}", str(count), _boxed(count))
+    reasoning = _enumeration(obj for obj in objects if kind == "total" or getattr(obj, kind) == getattr(pick, kind))
+    return Example((image,), f"<image>\n{stem}", str(count), _boxed(count), reasoning)
 
 
 def _ocr_example(rng: random.Random) -> Example:
@@ -471,7 +491,7 @@ def _ocr_example(rng: random.Random) -> Example:
     word = rng.choice(_OCR_WORDS)
     ink = (rng.randint(0, 90), rng.randint(0, 90), rng.randint(0, 90))
     image = _centred_text(rng, word, 40, ink)
-    return Example((image,), "<image>\nWhat word is written in the image?", word, _boxed(word))
+    return Example((image,), "<image>\nWhat word is written in the image?", word, _boxed(word), f"word {word}")
 
 
 def _tag_example(rng: random.Random) -> Example:
