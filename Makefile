@@ -18,7 +18,7 @@ SAMPLE_DATA := artifacts/sample_data
 PYTEST_ARGS ?=
 VLLM_CPU ?= auto
 
-.PHONY: install demo learn test lint clean
+.PHONY: install demo learn pretrain test lint clean
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,18 @@ learn: $(WARM_START)/.complete
 	$(BIN)/python -m triune_trl.learning --data-config data_configs/sample_learn.yaml \
 	  --processor $(WARM_START) --before $(WARM_START)/eval_test --after $(DEMO_RUN)/eval_test \
 	  --out $(DEMO_RUN)/before_after.json
+
+# Staged pretraining of the `see` tiny VLM (issue 19, triune_trl.pretrain): describe -> bridge -> tasks, each TRL's
+# SFTTrainer on rows generated on the fly; the last stage writes checkpoints/tiny-see (safetensors, in the repository).
+SEE_MODEL := artifacts/tiny-qwen2.5-vl-see
+
+$(SEE_MODEL)/config.json: $(VENV)/.installed
+	$(BIN)/triune tiny-model $(SEE_MODEL) --preset see
+
+pretrain: $(SEE_MODEL)/config.json
+	$(BIN)/triune pretrain --config recipes/configs/tiny_see_describe.yaml
+	$(BIN)/triune pretrain --config recipes/configs/tiny_see_bridge.yaml
+	$(BIN)/triune pretrain --config recipes/configs/tiny_see_tasks.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

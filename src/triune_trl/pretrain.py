@@ -263,6 +263,7 @@ def run(script_args: PretrainArguments, training_args, model_args) -> Path:
     trainer.train()
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: not needed to reload, not shipped
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if losses:
         print(f"pretrain {script_args.stage}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
