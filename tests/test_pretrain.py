@@ -102,3 +102,14 @@ def test_a_stage_trains_on_sftrainer_saves_and_reloads(tmp_path: Path) -> None:
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert model.config.vision_config.out_hidden_size == PRESETS["see"].hidden_size
     assert (out / "model.safetensors").is_file()
+
+
+def test_the_shipped_warm_start_reloads_and_stays_small() -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    shipped = REPO_ROOT / "checkpoints" / "tiny-see"
+    assert sum(path.stat().st_size for path in shipped.iterdir()) < 20 * 2**20
+    processor = AutoProcessor.from_pretrained(shipped)
+    model = AutoModelForImageTextToText.from_pretrained(shipped)
+    assert model.config.vision_config.out_hidden_size == model.config.text_config.hidden_size
+    assert processor.image_processor.size["longest_edge"] == 28 * 28 * 16  # 112 px: 16 merged vision tokens
