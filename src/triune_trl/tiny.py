@@ -74,7 +74,9 @@ class TinySpec:
     # intermediate size.
     num_experts: int = 4
     num_experts_per_tok: int = 2
-    moe_intermediate_size: int = 64
+    # 32: 2 x 32 != hidden_size, so Qwen3-VL-MoE's fused gate_up_proj is not square (transformers tells its saved and
+    # in-memory layouts apart by shape) and vLLM's CPU MoE kernel pads nothing (it aligns to 32).
+    moe_intermediate_size: int = 32
     # Qwen3.5 linear-attention (gated delta net) heads: key heads, value heads (2 x key heads, as released), width.
     linear_num_key_heads: int = 2
     linear_num_value_heads: int = 4
@@ -495,6 +497,10 @@ def build_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec(), family: s
         top_p=1.0,
     )
     model.save_pretrained(out)
+    # Qwen3-VL-MoE's fused experts in the released layout, which vLLM and ZeRO-3 loading read (expert_layout)
+    from .expert_layout import write_released_layout
+
+    write_released_layout(out)
     processor.save_pretrained(out)
     return out
 
