@@ -121,17 +121,19 @@ def finish_weight_reload_on_worker(worker) -> dict[str, int]:
     return finish_weight_reload(worker.model_runner.get_model())
 
 
-def sync_weights_by_reload(vllm_generation) -> None:
+def sync_weights_by_reload(vllm_generation) -> list[dict[str, int]]:
     """Push the trainer's current weights into a colocated vLLM engine on the CPU platform.
 
     `vllm_generation` is TRL's `VLLMGeneration` (colocate mode): its `_iter_named_params` yields the weights in
     checkpoint format under the names vLLM's loader expects (PEFT merged, ZeRO-3/FSDP gathered one at a time).
+    Returns each worker's `finish_weight_reload` counts (TRL ignores them; tests read them).
     """
     llm = vllm_generation.llm  # (no wake-up: vLLM's CPU worker ignores sleep mode)
     llm.collective_rpc(
         "reload_weights",
         kwargs={"weights_iterator": vllm_generation._iter_named_params(), "is_checkpoint_format": True},
     )
-    llm.collective_rpc(finish_weight_reload_on_worker)
+    finished = llm.collective_rpc(finish_weight_reload_on_worker)
     llm.reset_prefix_cache()
     llm.llm_engine.reset_encoder_cache()
+    return finished
