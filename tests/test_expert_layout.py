@@ -1,0 +1,42 @@
+"""`triune_trl.expert_layout` on the tiny family models: which families transformers keeps in another layout than
+their released checkpoints, what the sync sends vLLM instead, and the saved folder's layout (no vLLM needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+from triune_trl.expert_layout import released_layout, released_layout_iterator, write_released_layout
+from triune_trl.tiny import FAMILIES
+
+
+@pytest.mark.parametrize("family", [family for family in FAMILIES if family != "qwen3-vl-moe"])
+def test_families_transformers_keeps_in_the_released_layout_pass_through(family, tiny_family_model):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_family_model(family))
+    assert released_layout(model) is None
+    assert write_released_layout(tiny_family_model(family)) == []
+
+
+def test_qwen3_vl_moe_experts_reach_vllm_as_the_released_checkpoint_holds_them(tiny_family_model):
+    folder = tiny_family_model("qwen3-vl-moe")
+    saved = {name: tensor for path in folder.glob("*.safetensors") for name, tensor in load_file(path).items()}
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    rule = released_layout(model)
+    assert rule is not None
+    in_memory = dict(model.named_parameters())
+    sent = dict(released_layout_iterator(((name, p.detach()) for name, p in in_memory.items()), rule))
+    experts = sorted(name for name in in_memory if ".mlp.experts." in name)
+    assert len(experts) == 4  # gate_up_proj and down_proj of 2 layers
+    for name in experts:
+        text = model.config.text_config
+        hidden, intermediate = text.hidden_size, text.moe_intermediate_size
+        released_shape = (4, hidden, 2 * intermediate) if "gate_up" in name else (4, intermediate, hidden)
+        assert tuple(in_memory[name].shape) == (released_shape[0], released_shape[2], released_shape[1])
+        assert tuple(sent[name].shape) == released_shape
+        assert torch.equal(sent[name], saved[name])  # the tiny folder holds the released layout
+        assert torch.equal(sent[name].transpose(1, 2), in_memory[name])
+    assert all(sent[name] is in_memory[name].detach() or torch.equal(sent[name], in_memory[name])
+               for name in in_memory if name not in experts)
+    assert write_released_layout(folder) == []  # already released: nothing to rewrite
