@@ -19,8 +19,9 @@ a 7B model in bf16 is ~15 GB of tensors, ~20 GB of JSON per step; on GPUs keep N
 The server side (`HTTPWeightTransferEngine`, in the vLLM worker) feeds the decoded tensors to `model.load_weights`
 inside vLLM's layerwise reload (`initialize_layerwise_reload` at start, `finalize_layerwise_reload` at finish: the
 CPU backend's repacked oneDNN linear layers are restored to checkpoint layout, loaded, and repacked), with no
-accelerator synchronize (the CPU platform has none), then refreshes an output layer tied to the embeddings, whose
-packed copy the reload leaves stale (`vllm_cpu_sync.refresh_tied_output_layers_of`; measured gap 0.26 without it).
+accelerator synchronize (the CPU platform has none), then runs `vllm_cpu_sync.finish_weight_reload`: it refreshes
+an output layer tied to the embeddings, whose packed copy the reload leaves stale (measured gap 0.26 without it), and
+re-prepacks CPU fused-MoE experts.
 The prefix and encoder caches are reset by the client after the sync, over HTTP (the encoder cache's record lives
 in the engine core's scheduler, which a worker cannot reach).
 """
@@ -173,10 +174,10 @@ class HTTPWeightTransferEngine(WeightTransferEngine[HTTPInitInfo, HTTPUpdateInfo
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        from .vllm_cpu_sync import refresh_tied_output_layers_of
+        from .vllm_cpu_sync import finish_weight_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
-        refresh_tied_output_layers_of(self.model)
+        finish_weight_reload(self.model)  # tied output layer, CPU fused-MoE experts
 
     def shutdown(self) -> None:
         pass
