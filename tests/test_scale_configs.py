@@ -21,6 +21,7 @@ from accelerate.commands.launch import launch_command_parser
 from torch.distributed.run import get_args_parser as torchrun_parser
 from trl.scripts.vllm_serve import build_command
 
+from triune_trl.pretrain import make_parser as make_pretrain_parser
 from triune_trl.training import make_parser
 from triune_trl.vllm_serve import parse as parse_vllm_serve
 from triune_trl.warm_start import make_parser as make_warm_start_parser
@@ -34,9 +35,18 @@ SCRIPTS = sorted((REPO_ROOT / "local_scripts").glob("*.sh"))
 CPU_ONLY = ["--bf16", "false", "--use_cpu", "true"]
 
 
+# recipes read by a command other than `triune train`, by the start of their name
+OTHER_PARSERS = {"tiny_warm_start": make_warm_start_parser, "tiny_see_describe": make_pretrain_parser,
+                 "tiny_see_bridge": make_pretrain_parser, "tiny_see_tasks": make_pretrain_parser}
+
+
 def _parser_for(recipe: Path | None = None):
-    """Warm-start recipes are read by `triune warm-start` (SFTConfig), every other recipe by `triune train`."""
-    return make_warm_start_parser() if recipe is not None and "warm_start" in recipe.name else make_parser()
+    """Warm-start recipes are read by `triune warm-start`, staged-pretraining ones by `triune pretrain` (both
+    SFTConfig), every other recipe (tiny_see_rl.yaml included) by `triune train`."""
+    for prefix, make in OTHER_PARSERS.items():
+        if recipe is not None and recipe.name.startswith(prefix):
+            return make()
+    return make_parser()
 
 
 def _parser_fields(recipe: Path | None = None) -> set[str]:

@@ -16,6 +16,8 @@ from .conftest import REPO_ROOT
 ORSTA = sorted((REPO_ROOT / "recipes" / "configs").glob("orsta_*.yaml"))
 # the overrides each Orsta recipe documents for colocate mode
 COLOCATE = ["--vllm_mode", "colocate", "--vllm_enable_sleep_mode", "true"]
+# colocate tensor parallel size: a 32B dense or 35B MoE copy (~70 GB in bf16) needs 4 GPUs, the 7-9B models one
+COLOCATE_TP = {"32b": 4, "35b": 4}
 CPU_ONLY = ["--bf16", "false", "--use_cpu", "true"]  # only so that GRPOConfig's checks run on this host
 
 
@@ -36,7 +38,8 @@ def test_orsta_vllm_context_holds_the_longest_prompt_plus_a_full_completion(reci
 def test_orsta_recipes_run_colocate_with_their_documented_overrides(recipe):
     script_args, args, _ = _parse(recipe, *COLOCATE)
     assert args.vllm_mode == "colocate" and args.vllm_enable_sleep_mode
-    assert args.vllm_tensor_parallel_size == (4 if "32b" in recipe.name else 1)
+    size = re.search(r"(\d+)b", recipe.name.replace("qwen3.5", "").replace("qwen3vl", "")).group(1) + "b"
+    assert args.vllm_tensor_parallel_size == COLOCATE_TP.get(size, 1)
     assert 8 % args.vllm_tensor_parallel_size == 0  # TRL: the tensor parallel size divides the 8 training processes
     assert 0 < args.vllm_gpu_memory_utilization <= 0.5  # leaves the trainer most of each GPU
     check_length_budget(script_args, args)

@@ -20,6 +20,7 @@ from .data import ImageSizing, load_data_config, load_split, make_image_resize
 from .data.prompt_length import PromptLimit, PromptTokenCounter
 from .distributed import apply_cpu_distributed_shim, check_world_size
 from .errors import DataError, UsageError
+from .expert_layout import write_released_layout
 from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
 from .lora import apply_lora_defaults
 from .rewards import RewardRouter
@@ -176,6 +177,23 @@ def training_summary(log_history: list[dict], output_dir: Path, window: int = 3)
     return "\n".join(lines)
 
 
+def save_final_model(trainer, output_dir: str | Path) -> Path:
+    """`trainer.save_model(output_dir)`, then the fused MoE experts of the saved folder in the released layout.
+
+    Why: transformers 5.17 saves Qwen3-VL-MoE's experts in its in-memory (transposed) layout, from which vLLM cannot
+    start (`triune_trl.expert_layout`), and the final folder is the one users serve and push. Only the final folder:
+    the `checkpoint-N` folders keep transformers' layout because `Trainer` resumes them with a plain
+    `load_state_dict`, which does not convert. A no-op for every other family and for LoRA adapters."""
+    output_dir = Path(output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.accelerator.is_main_process and (output_dir / "config.json").is_file():
+        rewritten = write_released_layout(output_dir)
+        if rewritten:
+            logger.info("Wrote %d fused expert tensors of %s in the released layout", len(rewritten), output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
+
+
 def run(
     script_args: TriuneScriptArguments,
     training_args: GRPOConfig,
@@ -194,8 +212,7 @@ def run(
     training_args.push_to_hub = False  # no Trainer push at init or on every save: one push of the final folder below
     trainer = build_trainer(script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    output_dir = Path(training_args.output_dir)
-    trainer.save_model(str(output_dir))
+    output_dir = save_final_model(trainer, training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the per-source log history `triune plot` reads
     training_args.push_to_hub = push
     if trainer.accelerator.is_main_process:
