@@ -308,6 +308,17 @@ def _qwen3_vl_text(tokenizer, spec: TinySpec) -> dict[str, Any]:
     }
 
 
+def _moe_text(spec: TinySpec) -> dict[str, Any]:
+    """The routed-expert keys both MoE families share."""
+    return {
+        "moe_intermediate_size": spec.moe_intermediate_size,
+        "num_experts": spec.num_experts,
+        "num_experts_per_tok": spec.num_experts_per_tok,
+        # transformers' router always renormalises the top-k weights; vLLM's reads this flag (released configs set it)
+        "norm_topk_prob": True,
+    }
+
+
 def _qwen3_vl_config(tokenizer, spec: TinySpec):
     from transformers import Qwen3VLConfig
 
@@ -322,14 +333,10 @@ def _qwen3_vl_moe_config(tokenizer, spec: TinySpec):
 
     text_config = {
         **_qwen3_vl_text(tokenizer, spec),
+        **_moe_text(spec),
         "intermediate_size": spec.intermediate_size,
-        "moe_intermediate_size": spec.moe_intermediate_size,
-        "num_experts": spec.num_experts,
-        "num_experts_per_tok": spec.num_experts_per_tok,
         "decoder_sparse_step": 1,
         "mlp_only_layers": [],
-        # transformers' router always renormalises the top-k weights; vLLM's reads this flag (released configs set it)
-        "norm_topk_prob": True,
     }
     return Qwen3VLMoeConfig(
         text_config=text_config, vision_config=_qwen3_vision(spec, deepstack=True), **_top_level_ids(tokenizer)
@@ -376,11 +383,8 @@ def _qwen3_5_moe_config(tokenizer, spec: TinySpec):
 
     text_config = {
         **_qwen3_5_text(tokenizer, spec),
-        "moe_intermediate_size": spec.moe_intermediate_size,
+        **_moe_text(spec),
         "shared_expert_intermediate_size": spec.moe_intermediate_size,
-        "num_experts": spec.num_experts,
-        "num_experts_per_tok": spec.num_experts_per_tok,
-        "norm_topk_prob": True,
     }
     return Qwen3_5MoeConfig(
         text_config=text_config, vision_config=_qwen3_vision(spec, deepstack=False), **_top_level_ids(tokenizer)
