@@ -103,9 +103,16 @@ def vllm_run(tmp_path_factory, tiny_model_dir, sample_data_dir):
         recorder=recorder,
         rows=[rows[by_images[count]] for count in (0, 1, 2)],  # text-only, one image, two images
     )
+    release_engine(trainer, saved_environment)
+    del trainer
+
+
+def release_engine(trainer, saved_environment: dict) -> None:
+    """Free a colocate trainer's vLLM engine and its process group, and restore the environment TRL changed, so that
+    the next engine in this process starts clean."""
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-    del trainer.vllm_generation.llm, trainer
+    del trainer.vllm_generation.llm
     gc.collect()
     cleanup_dist_env_and_memory()
     os.environ.clear()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import os
 from types import SimpleNamespace
 
@@ -44,7 +43,7 @@ from triune_trl.configs import TriuneGRPOConfig  # noqa: E402
 from triune_trl.data import ImageSizing, load_data_config, load_split  # noqa: E402
 from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
 
-from .test_vllm_colocate import CompletionRecorder, gaps, trainer_logprobs  # noqa: E402
+from .test_vllm_colocate import CompletionRecorder, gaps, release_engine, trainer_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -90,13 +89,8 @@ def family_run(request, eager_engines, tmp_path, tiny_family_model, sample_data_
         processor=processor,
         rows=[rows[by_images[count]] for count in (0, 1, 2)],  # text-only, one image, two images
     )
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    del trainer.vllm_generation.llm, trainer
-    gc.collect()
-    cleanup_dist_env_and_memory()
-    os.environ.clear()
-    os.environ.update(saved_environment)
+    release_engine(trainer, saved_environment)
+    del trainer
     CONFIG_MAPPING._extra_content.clear()
     CONFIG_MAPPING._extra_content.update(saved_configs)
 
