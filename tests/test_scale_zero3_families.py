@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForImageTextToText
 
 from triune_trl.tiny import FAMILIES
 
@@ -54,3 +58,16 @@ def test_zero3_step_with_text_and_image_ranks_for_every_family(tmp_path, tiny_fa
         assert reports[1]["images_per_gradient_forward"] == [2, 0], (family, reports)
         # each rank ran the dummy vision pass for its text-only step (log-prob scoring and the training forward)
         assert all(report["dummy_forwards"] and report["dummy_forwards"] > 0 for report in reports), family
+        _check_final_folder(family, Path(reports[0]["final_folder"]))
+
+
+def _check_final_folder(family: str, folder: Path) -> None:
+    """The final folder of a ZeRO-3 run reloads whole; Qwen3-VL-MoE's experts are in the released layout in it."""
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    assert all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters()), family
+    if family == "qwen3-vl-moe":
+        config = model.config.text_config
+        with safe_open(folder / "model.safetensors", "pt") as saved:
+            name = next(key for key in saved.keys() if key.endswith("experts.gate_up_proj"))
+            assert tuple(saved.get_slice(name).get_shape()) == (
+                config.num_experts, config.hidden_size, 2 * config.moe_intermediate_size)

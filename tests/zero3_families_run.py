@@ -10,7 +10,9 @@ and step (per-device batch = num_generations = 2): in step 1 rank 0 holds the te
 image, in step 2 the other way round. Under ZeRO-3 the ranks must gather the same modules in the same order, which
 the vision alignment (`triune_trl.image_less_forwards`, Qwen3-VL's deepstack included) provides; DeepSpeed compares
 the ranks' recorded module traces at the start of the next step, so step 2 checks step 1, and the end of the family
-(a final gather of the weights) checks step 2. Each rank writes, per family, what it saw to
+(a final gather of the weights) checks step 2. Each family then saves its final folder as `triune train` does
+(`save_final_model`: ZeRO-3 gathers the 16-bit weights, Qwen3-VL-MoE's experts are rewritten in the released
+layout). Each rank writes, per family, what it saw to
 $TRIUNE_TEST_REPORT_DIR/rank<N>.json: the steps trained, the image counts of its micro-batches, the dummy vision
 forwards it ran, the logged losses and gradient norms, and whether the gathered weights are finite and moved.
 """
@@ -31,6 +33,7 @@ from triune_trl.data import ImageSizing, load_data_config, load_split
 from triune_trl.distributed import apply_cpu_distributed_shim
 from triune_trl.image_less_forwards import VisionAlignment
 from triune_trl.trainer import TriuneGRPOTrainer
+from triune_trl.training import save_final_model
 
 
 def _alternating_rows(dataset):
@@ -80,6 +83,7 @@ def train_family(family: str, model_dir: str, data_config: str, out_dir: Path) -
     trainer.train()
     after = _gathered_weights(trainer)
     alignment = [hook for hook in trainer.image_less_forward_hooks if isinstance(hook, VisionAlignment)]
+    final = save_final_model(trainer, out_dir / family / "final")  # what `triune train` ends with: a collective
     report = {
         "global_step": trainer.state.global_step,
         "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage,
@@ -90,6 +94,7 @@ def train_family(family: str, model_dir: str, data_config: str, out_dir: Path) -
         "grad_norms": [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry],
         "weights_finite": all(bool(torch.isfinite(tensor).all()) for tensor in after.values()),
         "weights_moved": any(not torch.equal(before[name], after[name]) for name in after),
+        "final_folder": str(final),
     }
     trainer.accelerator.free_memory()
     del trainer

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,23 @@ def send_released_layout(vllm_generation, model: nn.Module) -> bool:
     return True
 
 
+@contextmanager
+def _without_zero3_init():
+    """Build a model skeleton as if DeepSpeed were not configured: at the end of a ZeRO-3 run transformers would
+    wrap `from_config` in `deepspeed.zero.Init`, which cannot partition `init_empty_weights`' meta tensors
+    ("Cannot copy out of meta tensor"). The run's DeepSpeed config is set back afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    active = reference() if reference is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None:
+            hf_deepspeed.set_hf_deepspeed_config(active)
+
+
 def write_released_layout(folder: str | Path) -> list[str]:
     """Rewrite the fused experts of a model saved by transformers in `folder` in the released layout, in place.
 
@@ -137,7 +155,7 @@ def write_released_layout(folder: str | Path) -> list[str]:
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights():
+    with init_empty_weights(), _without_zero3_init():
         model = AutoModelForImageTextToText.from_config(config)
     rule = released_layout(model)
     if rule is None:
