@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of vLLM server mode (issue 17), one prepared run: under 8 minutes on one H100 (estimate; NOT RUN yet:
+# The GPU check of vLLM server mode (issue 17), one prepared run: under 8 minutes (two legs of at most 230 s each; NOT RUN yet:
 # no GPU was lent when it was written). It runs tests/test_vllm_server.py on CUDA, once per weight transfer:
 #   - nccl (TRL's): the server on GPU 1, the trainer on GPU 0. Needs 2 GPUs: NCCL refuses two ranks on one device
 #     ("Duplicate GPU detected", huggingface/trl#3487), so on a one-GPU machine this leg prints SKIP;
@@ -29,13 +29,13 @@ leg() {  # leg BACKEND TRAINER_GPU SERVER_GPUS
   local backend=$1 trainer_gpu=$2 server_gpus=$3 start=$SECONDS
   CUDA_VISIBLE_DEVICES=$trainer_gpu TRIUNE_CHECK_DEVICE=cuda TRIUNE_CHECK_WEIGHT_TRANSFER=$backend \
     TRIUNE_CHECK_SERVER_GPUS=$server_gpus TRIUNE_CHECK_SERVER_ARGS="--enforce_eager true" \
-    timeout 420 "$PYTHON" -m pytest tests/test_vllm_server.py -k "$CHECKS" -p no:cacheprovider -rA -q \
+    timeout 230 "$PYTHON" -m pytest tests/test_vllm_server.py -k "$CHECKS" -p no:cacheprovider -rA -q \
     >"$LOG/$backend.log" 2>&1
   local code=$?
   grep -E "^(PASSED|FAILED|ERROR) " "$LOG/$backend.log" | sed -E "s/^PASSED/PASS/; s/^(FAILED|ERROR)/FAIL/; s/^(\w+) /\1 $backend /"
   if [[ $code -ne 0 ]]; then
     status=1
-    grep -qE "^(PASSED|FAILED|ERROR) " "$LOG/$backend.log" || echo "FAIL $backend pytest exit $code (timeout 420 s = 124): $LOG/$backend.log"
+    grep -qE "^(PASSED|FAILED|ERROR) " "$LOG/$backend.log" || echo "FAIL $backend pytest exit $code (timeout 230 s = 124): $LOG/$backend.log"
   fi
   echo "     $backend: $((SECONDS - start)) s"
 }

@@ -38,8 +38,8 @@ from triune_trl.data import ImageSizing, load_data_config, load_split  # noqa: E
 from triune_trl.preflight import FAIL, OK, WARN, Report, check_vllm_server  # noqa: E402
 from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
 from triune_trl.training import make_parser  # noqa: E402
-from triune_trl.vllm_http_weights import BACKEND  # noqa: E402
-from triune_trl.vllm_serve import vllm_metadata_shim  # noqa: E402
+from triune_trl.vllm_http_weights import BACKEND, HTTPUpdateInfo, update_chunks  # noqa: E402
+from triune_trl.vllm_serve import reachable_hosts, vllm_metadata_shim  # noqa: E402
 from triune_trl.vllm_server_client import TriuneVLLMClient, VLLMServerError  # noqa: E402
 
 RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_cpu_vllm_server.yaml"
@@ -313,6 +313,47 @@ def test_preflight_reads_the_servers_context_not_the_recipes(run):
     report = Report()
     check_vllm_server(report, args, run.client.model, max_prompt_length=512)
     assert [row[2] for row in report.sections["servers"]] == [OK, WARN]  # fits; the recipe's 4096 differs
+
+
+def test_the_launcher_checks_a_wildcard_bind_on_loopback_and_tells_trainers_this_machines_name():
+    assert reachable_hosts("0.0.0.0") == ("127.0.0.1", socket.getfqdn())
+    assert reachable_hosts("::") == ("[::1]", socket.getfqdn())
+    assert reachable_hosts("127.0.0.1") == ("127.0.0.1", "127.0.0.1")
+    assert reachable_hosts("fd00::5") == ("[fd00::5]", "fd00::5")
+
+
+def test_update_chunks_stay_under_the_chunk_size_and_decode_to_the_same_tensors():
+    small = torch.arange(10, dtype=torch.float32)  # 40 bytes
+    large = torch.randn(10, 100, dtype=torch.float32).t()  # 4000 bytes, not contiguous
+    tensors = [("a", small), ("b", large), ("c", small.to(torch.bfloat16)), ("d", torch.tensor(3.5)),
+               ("e", torch.empty(0, 4)), ("f", small[:5])]
+    chunks = list(update_chunks(tensors, chunk_bytes=100))
+    # a tensor larger than a chunk travels alone; the others fill chunks up to, never over, 100 bytes
+    assert [chunk["names"] for chunk, _ in chunks] == [["a"], ["b"], ["c", "d", "e", "f"]]
+    assert [size for _, size in chunks] == [40, 4000, 20 + 4 + 0 + 20]
+    decoded = [pair for chunk, _ in chunks for pair in HTTPUpdateInfo(**chunk).tensors()]
+    assert [name for name, _ in decoded] == [name for name, _ in tensors]
+    for (_, sent), (_, received) in zip(tensors, decoded, strict=True):
+        assert received.dtype == sent.dtype and torch.equal(received, sent)
+
+
+@pytest.mark.slow
+def test_a_refused_weight_transfer_request_is_one_line_with_the_servers_reason(run):
+    """What the trainer says when the server answers a weight route with an error: the server's reason, once (no
+    resend, not "stopped answering"). Here a request vLLM's API refuses (400) and survives; a protocol mismatch is
+    refused in the worker, which vLLM 0.31 does not survive, with the same line: "... refused to open the weight
+    transfer (/init_weight_transfer_engine): HTTP 500 {...'the trainer speaks triune_http protocol 99, this server 1:
+    install the same triune-trl on both sides'...}" (checked by hand: it would end this module's server)."""
+    if run.client.weight_backend != BACKEND:
+        pytest.skip("the triune_http backend's requests (the server runs NCCL)")
+    client = TriuneVLLMClient(base_url=run.client.base_url, connection_timeout=30)
+    with pytest.raises(VLLMServerError) as raised:
+        client._post_json(f"{client.base_url}/init_weight_transfer_engine", {}, "refused to open the weight transfer")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"the vLLM server at {client.base_url} refused to open the weight transfer")
+    assert "HTTP 400" in message and "Missing 'init_info'" in message
+    run.trainer.vllm_generation.sync_weights()  # the server goes on serving the run
 
 
 @pytest.mark.slow

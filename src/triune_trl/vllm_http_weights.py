@@ -91,21 +91,23 @@ def decode_tensor(text: str, dtype_name: str, shape: list[int]) -> torch.Tensor:
 def update_chunks(
     named_tensors: Iterable[tuple[str, torch.Tensor]], chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[tuple[dict, int]]:
-    """`update_info` payloads of about `chunk_bytes` raw tensor bytes each, and each one's raw byte count.
+    """`update_info` payloads of at most `chunk_bytes` raw tensor bytes each (a larger tensor travels alone), and
+    each one's raw byte count.
 
     Tensors are encoded as the iterator yields them, so at most one chunk is held in memory (TRL's iterator under
-    ZeRO-3 gathers one parameter at a time)."""
+    ZeRO-3 gathers one parameter at a time): a request body stays under ~1.34 x max(chunk_bytes, largest tensor)."""
     chunk: dict[str, list] = {"names": [], "dtype_names": [], "shapes": [], "data": []}
     size = 0
     for name, tensor in named_tensors:
+        tensor_bytes = tensor.numel() * tensor.element_size()
+        if chunk["names"] and size + tensor_bytes > chunk_bytes:
+            yield chunk, size
+            chunk, size = {key: [] for key in chunk}, 0
         chunk["names"].append(name)
         chunk["dtype_names"].append(str(tensor.dtype).removeprefix("torch."))
         chunk["shapes"].append(list(tensor.shape))
         chunk["data"].append(encode_tensor(tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= chunk_bytes:
-            yield chunk, size
-            chunk, size = {key: [] for key in chunk}, 0
+        size += tensor_bytes
     if chunk["names"]:
         yield chunk, size
 

@@ -106,6 +106,16 @@ def check_port_free(host: str, port: int) -> None:
                              "(and pass the same --vllm_server_port to the trainer)") from None
 
 
+def reachable_hosts(bind: str) -> tuple[str, str]:
+    """Where this launcher checks the server bound to `bind`, and the host to give trainers: for a wildcard bind
+    (all interfaces, for trainers on other nodes) the loopback address and this machine's name."""
+    if bind in ("0.0.0.0", ""):
+        return "127.0.0.1", socket.getfqdn()
+    if bind == "::":
+        return "[::1]", socket.getfqdn()
+    return (f"[{bind}]" if ":" in bind else bind), bind
+
+
 def server_command(script_args, extra_args: list[str], backend: str) -> list[str]:
     """TRL's `vllm serve` command line for `script_args`, with the weight transfer set to `backend`."""
     from trl.scripts.vllm_serve import build_command
@@ -121,6 +131,9 @@ def wait_until_ready(process: subprocess.Popen, base: str, timeout: float, stopp
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = process.poll()
+        if code is None and stopping and time.monotonic() - stopping[0] > STOP_GRACE_SECONDS:
+            with contextlib.suppress(ProcessLookupError):  # interrupted while it loads, and it did not stop
+                os.killpg(process.pid, signal.SIGKILL)
         if code is not None:
             if stopping:
                 raise VLLMServeError(f"interrupted before {base} was ready; the vLLM server stopped")
@@ -182,8 +195,8 @@ def serve(argv: list[str]) -> int:
             print(shlex.join(command))
             return 0
         check_port_free(script_args.host, script_args.port)
-        host = "127.0.0.1" if script_args.host in ("0.0.0.0", "") else script_args.host
-        base = f"http://{host}:{script_args.port}"
+        local, host = reachable_hosts(script_args.host)
+        base = f"http://{local}:{script_args.port}"
         process = subprocess.Popen(command, env=env, start_new_session=True)
         stopping: list[float] = []
 
@@ -208,7 +221,8 @@ def serve(argv: list[str]) -> int:
                 time.sleep(POLL_SECONDS)
         finally:
             stop(process)
-        return process.returncode
+        code = process.returncode
+        return 128 - code if code < 0 else code  # a signal's shell status (SIGTERM: 143), not -15
 
 
 def register(commands) -> None:

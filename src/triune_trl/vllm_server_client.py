@@ -12,14 +12,20 @@ After every sync (TRL calls `reset_prefix_cache`) it also resets the server's en
 embeddings by image hash across requests, and no weight-transfer path of vLLM 0.31 clears them, so an image seen
 before the sync would keep embeddings of the old vision tower (measured on CPU: see docs/scaling.md).
 
-A server that stops answering (killed, crashed) ends the run with one `VLLMServerError` line naming the server and
-the request, after two quick retries instead of TRL's ~60 s of backoff: a dead vLLM server does not come back in a
-minute (a restart reloads the model). `use_server_client` installs the class where TRL looks it up, only while the
-trainer is built.
+A server that stops answering ends the run with one `VLLMServerError` line naming the server and the request: killed
+or crashed (connection refused), and, on the `triune_http` path, after two quick connection retries instead of TRL's
+~60 s of backoff (a dead vLLM server does not come back in a minute: a restart reloads the model); frozen or gone
+without a reset (a node that vanished) after the request timeouts (connect 10 s, answer `TRIUNE_VLLM_READ_TIMEOUT`,
+default 1800 s, long enough for a large generation request) instead of hanging. The weight routes are never resent
+after the request reached the server: `/start_weight_update` and `/update_weights` are not idempotent, and a server
+that refused one (HTTP 500, e.g. a protocol mismatch) says why in the error instead of "stopped answering".
+`use_server_client` installs the class where TRL looks it up, only while the trainer is built.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import time
@@ -36,6 +42,8 @@ from .vllm_http_weights import BACKEND, DEFAULT_CHUNK_BYTES, PROTOCOL, update_ch
 logger = logging.getLogger(__name__)
 
 CHUNK_ENV = "TRIUNE_VLLM_WEIGHT_CHUNK_MB"  # raw tensor MiB per /update_weights request (default 64)
+READ_TIMEOUT_ENV = "TRIUNE_VLLM_READ_TIMEOUT"  # seconds the server may take to answer a request (default 1800)
+CONNECT_TIMEOUT_S = 10.0
 
 
 class VLLMServerError(TriuneError):
@@ -66,16 +74,20 @@ class TriuneVLLMClient(VLLMClient):
         mb = os.environ.get(CHUNK_ENV)
         self.chunk_bytes = int(float(mb) * 2**20) if mb else DEFAULT_CHUNK_BYTES
         self.last_sync: dict[str, float] = {}
-        # TRL retries 5 times with exponential backoff (~60 s); a refused connection means the server is gone.
-        retry = Retry(total=4, connect=2, read=2, status=3, status_forcelist=[500, 502, 503], backoff_factor=0.5,
-                      allowed_methods=["POST", "GET"])
+        self.timeout = (CONNECT_TIMEOUT_S, float(os.environ.get(READ_TIMEOUT_ENV) or 1800))
+        self.session.request = self._request_or_fail(self.session.request)
+
+    def _use_http_retries(self) -> None:
+        """The `triune_http` path's retries: two quick ones for a connection that never reached the server (nothing
+        was sent), none after it did (TRL resends POSTs on read errors and HTTP 500s, up to ~60 s of backoff)."""
+        retry = Retry(total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.5, raise_on_status=False)
         adapter = HTTPAdapter(max_retries=retry, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.request = self._request_or_fail(self.session.request)
 
     def _request_or_fail(self, request):
         def checked(method, url, *args, **kwargs):
+            kwargs.setdefault("timeout", self.timeout)
             try:
                 return request(method, url, *args, **kwargs)
             except requests.exceptions.RequestException as exc:
@@ -89,9 +101,12 @@ class TriuneVLLMClient(VLLMClient):
         return checked
 
     def init_communicator(self, device=0):
+        """TRL's NCCL communicator, unless the server runs `triune_http`: then only the HTTP engine is opened."""
         self.weight_backend = server_backend(self.get_server_info())
         if self.weight_backend == BACKEND:
-            self._post(f"{self.base_url}/init_weight_transfer_engine", json={"init_info": {"protocol": PROTOCOL}})
+            self._use_http_retries()
+            self._post_json(f"{self.base_url}/init_weight_transfer_engine", {"init_info": {"protocol": PROTOCOL}},
+                            "refused to open the weight transfer")
             logger.info("vLLM server %s: weights travel over HTTP (%s)", self.base_url, BACKEND)
             return
         if self.weight_backend == "nccl" and str(device).split(":")[0] != "cuda" and not isinstance(device, int):
@@ -103,35 +118,42 @@ class TriuneVLLMClient(VLLMClient):
         super().init_communicator(device)
 
     def update_named_params(self, metadata, named_params):
+        """TRL's NCCL broadcast, or over `triune_http`: the weights in chunked `/update_weights` bodies."""
         if self.weight_backend != BACKEND:
             return super().update_named_params(metadata, named_params)
         start, raw, wire, requests_sent, tensors = time.perf_counter(), 0, 0, 0, 0
-        if not self._updating_weights:
-            self._start_weight_update()
+        own_update = not self._updating_weights  # TRL may hold one update open across several calls
+        if own_update:
+            self._post_json(f"{self.base_url}/start_weight_update", {})
         try:
             for chunk, size in update_chunks(named_params, self.chunk_bytes):
                 response = self._post_json(f"{self.base_url}/update_weights", {"update_info": chunk})
                 raw, wire, requests_sent, tensors = raw + size, wire + response, requests_sent + 1, tensors + len(
                     chunk["names"])
-        finally:
-            if not self._updating_weights:
-                self._finish_weight_update()
+        except BaseException:
+            if own_update:  # close the server's update, but report what went wrong first, not this
+                with contextlib.suppress(Exception):
+                    self._post_json(f"{self.base_url}/finish_weight_update", {})
+            raise
+        if own_update:
+            self._post_json(f"{self.base_url}/finish_weight_update", {})
         self.last_sync = {"tensors": tensors, "raw_bytes": raw, "wire_bytes": wire, "requests": requests_sent,
                           "seconds": time.perf_counter() - start}
         logger.debug("weight sync over HTTP: %s", self.last_sync)
 
-    def _post_json(self, url: str, body: dict) -> int:
-        """POST `body` as JSON; returns the request body's size in bytes."""
-        import json
-
+    def _post_json(self, url: str, body: dict, refusal: str = "refused a weight update") -> int:
+        """POST `body` as JSON; returns the request body's size in bytes. A refusal is one line with the server's
+        reason (vLLM's error text, e.g. the protocol mismatch of `HTTPWeightTransferEngine`)."""
         data = json.dumps(body, separators=(",", ":")).encode()
         response = self.session.post(url, data=data, headers={"Content-Type": "application/json"})
         if response.status_code != 200:
-            raise VLLMServerError(f"the vLLM server at {self.base_url} refused a weight update: HTTP "
-                                  f"{response.status_code} {response.text[:300]}")
+            reason = " ".join(response.text.split())[:300]
+            raise VLLMServerError(f"the vLLM server at {self.base_url} {refusal} "
+                                  f"({url.removeprefix(self.base_url)}): HTTP {response.status_code} {reason}")
         return len(data)
 
     def reset_prefix_cache(self):
+        """TRL's prefix-cache reset after a sync, then the encoder cache's (vision embeddings of the old weights)."""
         super().reset_prefix_cache()
         response = self.session.post(f"{self.base_url}/reset_encoder_cache")
         if response.status_code != 200:
