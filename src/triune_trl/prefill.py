@@ -12,7 +12,8 @@ generation prompt. For Qwen2.5-VL, Qwen3-VL and Qwen3.5's non-thinking template 
 The prefill is read once from the template itself, rendered with the run's `chat_template_kwargs` (so
 `enable_thinking: false` on a thinking template gives its closed empty block, hence no prefill): a one-message
 conversation with and without the generation prompt; the difference is the generation prompt; an opening tag
-`<name>` with only whitespace after it, and no matching close, is the prefill (from the tag to the end).
+`<name>` with only whitespace after it to the end is the prefill (from the tag to the end; a closed block such as
+`<think>\n\n</think>\n\n` ends in a closing tag, so it never matches).
 """
 
 from __future__ import annotations
