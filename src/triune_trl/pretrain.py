@@ -20,6 +20,11 @@ which carries the full format reward of close-form rows and leaves the `\\boxed{
 Throughput (benchmarks/pretrain_throughput.py): rows are drawn, rendered and pre-processed (tokens, labels,
 pixel patches) in a streaming `datasets.IterableDataset`, never written as PNG nor decoded; `PreprocessedCollator`
 only pads. Images are 112 px for the `see` model (16 merged vision tokens, one per cell of the 4 x 4 grid).
+
+Seeing *where* (benchmarks/results/see_pretrain.md, 2026-12-06): rows keep the processor's `mm_token_type_ids`, so
+SFT runs on the same 3D mRoPE positions as GRPO, `triune eval` and vLLM (without them Qwen2.5-VL silently falls
+back to 1D positions), and `--vision_lr_ratio` trains the vision tower slower than the language model (at one rate
+its tokens' norm explodes and what an object looks like collapses out of them).
 """
 
 from __future__ import annotations
@@ -165,6 +170,10 @@ class RowEncoder:
         if images:
             row["pixel_values"] = encoded["pixel_values"]
             row["image_grid_thw"] = encoded["image_grid_thw"]
+        if "mm_token_type_ids" in encoded:
+            # Qwen2.5-VL builds its 3D mRoPE positions (image tokens at (t, row, column)) only when given these;
+            # without them it falls back to 1D positions, which GRPO, `triune eval` and vLLM never use.
+            row["mm_token_type_ids"] = encoded["mm_token_type_ids"][0].tolist() + [0] * len(completion_ids)
         return row
 
 
@@ -188,6 +197,12 @@ class PreprocessedCollator:
             labels[i, :n] = torch.as_tensor(row["labels"])
             attention[i, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if any("mm_token_type_ids" in row for row in rows):
+            types = torch.zeros((len(rows), length), dtype=torch.long)
+            for i, row in enumerate(rows):
+                if "mm_token_type_ids" in row:
+                    types[i, : len(row["mm_token_type_ids"])] = torch.as_tensor(row["mm_token_type_ids"])
+            batch["mm_token_type_ids"] = types
         with_images = [row for row in rows if row.get("pixel_values") is not None]
         if with_images:
             pixels = [np.asarray(r["pixel_values"]) for r in with_images]
@@ -219,6 +234,10 @@ class PretrainArguments:
         metadata={"help": f"Which stage's rows to stream: {', '.join(STAGES)} (see triune_trl.pretrain)."},
     )
     rows_seed: int = field(default=0, metadata={"help": "Seed of the generated rows (held-out seeds stay unseen)."})
+    vision_lr_ratio: float = field(
+        default=1.0,
+        metadata={"help": "The vision tower's (model.visual) learning rate as a fraction of --learning_rate."},
+    )
 
 
 def make_parser():
@@ -226,6 +245,24 @@ def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
     return TrlParser((PretrainArguments, SFTConfig, ModelConfig))
+
+
+def _scale_vision_lr(optimizer, model, ratio: float) -> None:
+    """Move the vision tower's parameters into their own groups at `ratio` x each group's learning rate.
+
+    Why (issue 19, benchmarks/results/see_pretrain.md): at one learning rate for the whole tiny model, the vision
+    tower's merged tokens grow from norm ~1 to hundreds within 50 steps and their colour/shape content collapses to
+    one "something here" direction; the single-cell colour probe stays at chance. With the vision tower at 1/10 of
+    the language model's rate it reads the object's colour (100% by step 200).
+    """
+    visual = {id(p) for name, p in model.named_parameters() if ".visual." in f".{name}"}
+    for group in list(optimizer.param_groups):
+        vision = [p for p in group["params"] if id(p) in visual]
+        if not vision:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in visual]
+        optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": vision,
+                                   "lr": group["lr"] * ratio})
 
 
 def build_trainer(script_args: PretrainArguments, training_args, model_args):
@@ -248,7 +285,17 @@ def build_trainer(script_args: PretrainArguments, training_args, model_args):
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {"skip_prepare_dataset": True}
-    return SFTTrainer(
+    ratio = script_args.vision_lr_ratio
+
+    class _Trainer(SFTTrainer):
+        def create_optimizer(self, model=None):
+            optimizer = super().create_optimizer(model)
+            if ratio != 1.0 and not getattr(optimizer, "_triune_vision_lr", False):
+                _scale_vision_lr(optimizer, self.model if model is None else model, ratio)
+                optimizer._triune_vision_lr = True
+            return optimizer
+
+    return _Trainer(
         model=model,
         args=training_args,
         train_dataset=streaming_dataset(script_args.stage, script_args.rows_seed, processor),

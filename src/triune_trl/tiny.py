@@ -81,6 +81,12 @@ class TinySpec:
     linear_num_key_heads: int = 2
     linear_num_value_heads: int = 4
     linear_head_dim: int = 64
+    # Qwen2.5-VL's text RoPE base and mRoPE (temporal, height, width) split of the rotary half-dimension; None: the
+    # default split (_mrope_section). Qwen2.5-VL gives height and width the *lowest* frequencies: at base 10000 and
+    # 32-wide heads a 4 x 4 image's columns rotate by at most 0.005 rad, so the model cannot tell cells apart (the
+    # vision tower has no absolute position: issue 19, benchmarks/results/see_pretrain.md).
+    rope_theta: float = 10000.0
+    mrope_section: tuple[int, int, int] | None = None
 
 
 # The learning demo's model (`triune tiny-model OUT --preset learn`, `make learn`): 1.9M parameters, 64 merged
@@ -104,7 +110,12 @@ LEARN_SPEC = TinySpec(
 )
 # The learning demo's model since issue 19 (`triune tiny-model OUT --preset see`, `make pretrain`): the learn sizes
 # with 112 px images, 16 merged vision tokens: each 56 px cell of make-sample's 4 x 4 grid is exactly one token.
-SEE_SPEC = replace(LEARN_SPEC, min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 16)
+# Text RoPE base 4 with mRoPE split (2, 7, 7): the image tokens' (row, column) positions rotate 14 of the 16
+# rotary pairs by 0.27-0.6 rad per cell, so the model can say *where* an object is (a one-object "which cell"
+# probe: chance at base 10000 / split (6, 5, 5), 100% after 800 steps with this; see_pretrain.md).
+SEE_SPEC = replace(
+    LEARN_SPEC, min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 16, rope_theta=4.0, mrope_section=(2, 7, 7)
+)
 PRESETS: dict[str, TinySpec] = {"test": TinySpec(), "learn": LEARN_SPEC, "see": SEE_SPEC}
 
 
@@ -277,7 +288,11 @@ def _qwen2_5_vl_config(tokenizer, spec: TinySpec):
         **_text_common(tokenizer, spec),
         "intermediate_size": spec.intermediate_size,
         "max_window_layers": spec.num_layers,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": spec.rope_theta,
+            "mrope_section": list(spec.mrope_section or _mrope_section(head_dim)),
+        },
     }
     vision_config = {
         "depth": spec.vision_depth,
