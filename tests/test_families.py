@@ -188,6 +188,7 @@ FAMILY_RECIPES = {
     "orsta_qwen3vl_8b.yaml": ("qwen3-vl", "8192 = 8 per device x 128 accumulation x 8"),
     "orsta_qwen3.5_9b.yaml": ("qwen3.5", "8192 = 8 per device x 128 accumulation x 8"),
     "orsta_qwen3.5_35b_a3b.yaml": ("qwen3.5-moe", "8192 = 4 per device x 256 accumulation x 8"),
+    "orsta_qwen3vl_30b_a3b.yaml": ("qwen3-vl-moe", "8192 = 4 per device x 256 accumulation x 8"),
 }
 
 

@@ -66,6 +66,7 @@ ORSTA_MODELS = {
     "orsta_qwen3vl_8b.yaml": ("Qwen/Qwen3-VL-8B-Instruct", "Orsta-Qwen3VL-8B-"),
     "orsta_qwen3.5_9b.yaml": ("Qwen/Qwen3.5-9B", "Orsta-Qwen3.5-9B-"),
     "orsta_qwen3.5_35b_a3b.yaml": ("Qwen/Qwen3.5-35B-A3B", "Orsta-Qwen3.5-35B-A3B-"),
+    "orsta_qwen3vl_30b_a3b.yaml": ("Qwen/Qwen3-VL-30B-A3B-Instruct", "Orsta-Qwen3VL-30B-A3B-"),
 }
 
 

@@ -16,8 +16,8 @@ from .conftest import REPO_ROOT
 ORSTA = sorted((REPO_ROOT / "recipes" / "configs").glob("orsta_*.yaml"))
 # the overrides each Orsta recipe documents for colocate mode
 COLOCATE = ["--vllm_mode", "colocate", "--vllm_enable_sleep_mode", "true"]
-# colocate tensor parallel size: a 32B dense or 35B MoE copy (~70 GB in bf16) needs 4 GPUs, the 7-9B models one
-COLOCATE_TP = {"32b": 4, "35b": 4}
+# colocate tensor parallel size: a 30-35B copy (~60-70 GB in bf16, dense or MoE) needs 4 GPUs, the 7-9B models one
+COLOCATE_TP = {"30b": 4, "32b": 4, "35b": 4}
 CPU_ONLY = ["--bf16", "false", "--use_cpu", "true"]  # only so that GRPOConfig's checks run on this host
 
 
