@@ -154,6 +154,7 @@ class HTTPWeightTransferEngine(WeightTransferEngine[HTTPInitInfo, HTTPUpdateInfo
     supports_draft_weight_update = False  # not tested: a speculative draft model keeps its weights
 
     def init_transfer_engine(self, init_info: HTTPInitInfo) -> None:
+        """Nothing to connect (the weights come in request bodies): only check that both sides speak one protocol."""
         if init_info.protocol != PROTOCOL:
             raise ValueError(
                 f"the trainer speaks {BACKEND} protocol {init_info.protocol}, this server {PROTOCOL}: install the "
@@ -161,19 +162,23 @@ class HTTPWeightTransferEngine(WeightTransferEngine[HTTPInitInfo, HTTPUpdateInfo
             )
 
     def start_weight_update(self) -> None:
+        """Open vLLM's layerwise reload (restores packed layers to checkpoint layout for `load_weights`)."""
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         initialize_layerwise_reload(self.model)
 
     def update_weights(self, update_info: dict) -> None:
+        """One chunk of a sync, loaded before the request is answered."""
         self.receive_weights(self.parse_update_info(update_info))
         if torch.accelerator.is_available():  # a GPU server on this backend: the copies are done before we answer
             torch.accelerator.synchronize()
 
     def receive_weights(self, update_info: HTTPUpdateInfo) -> None:
+        """The chunk's decoded tensors through the model's own checkpoint loader (names, fusions, TP shards)."""
         self.model.load_weights(update_info.tensors())
 
     def finish_weight_update(self) -> None:
+        """Close the reload (repack), then what it leaves stale: a tied output layer, CPU fused-MoE experts."""
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         from .vllm_cpu_sync import finish_weight_reload
