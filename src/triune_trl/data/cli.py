@@ -174,8 +174,9 @@ def _file_flags(parser: argparse.ArgumentParser, *, config_only: bool = False) -
 
     parser.add_argument("--family", choices=tuple(FAMILIES), default=DEFAULT_FAMILY,
                         help="model family whose patching sizes the images when no --processor is given: qwen2.5-vl "
-                             "28 px per token, the Qwen3 families 32 px, within Qwen2.5-VL's 4 to 1280 tokens per image; a "
-                             "checkpoint's own token bounds (released Qwen3 processors allow more) need --processor")
+                             "28 px per token, the Qwen3 families 32 px, within Qwen2.5-VL's 4 to 1280 tokens per "
+                             "image; a checkpoint's own token bounds (released Qwen3 processors allow more) need "
+                             "--processor")
     parser.add_argument("--resize", choices=_RESIZE_RULES, default="release",
                         help="reader-side resize: release (area into [512², 2048²]), qwen-vl (qwen-vl-utils), none")
     parser.add_argument("--min-pixels", type=int, help="lower area bound of --resize (default: the rule's)")
