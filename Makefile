@@ -6,6 +6,7 @@
 #               warm-start it (SFT, cached in artifacts/warm_start), evaluate, run V-Triune RL (tiny_learn.yaml),
 #               evaluate again and print the per-source before/after table. It does not show a gain yet (README,
 #               "Does it learn?"), and it takes ~30 minutes on 2 CPU cores, so it is not `make demo` until it does.
+#   make pretrain  staged pretraining of the `see` tiny VLM (issue 19) into checkpoints/tiny-see, ~25 min on 1 thread
 # torch is installed only when the venv has none: override TORCH_SPEC for your CUDA build, e.g.
 #   make demo TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu124"
 
