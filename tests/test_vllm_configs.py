@@ -38,7 +38,7 @@ def test_orsta_vllm_context_holds_the_longest_prompt_plus_a_full_completion(reci
 def test_orsta_recipes_run_colocate_with_their_documented_overrides(recipe):
     script_args, args, _ = _parse(recipe, *COLOCATE)
     assert args.vllm_mode == "colocate" and args.vllm_enable_sleep_mode
-    size = re.search(r"(\d+)b", recipe.name.replace("qwen3.5", "").replace("qwen3vl", "")).group(1) + "b"
+    size = re.search(r"_(\d+b)", recipe.name).group(1)  # orsta_7b, orsta_qwen3.5_35b_a3b, ...
     assert args.vllm_tensor_parallel_size == COLOCATE_TP.get(size, 1)
     assert 8 % args.vllm_tensor_parallel_size == 0  # TRL: the tensor parallel size divides the 8 training processes
     assert 0 < args.vllm_gpu_memory_utilization <= 0.5  # leaves the trainer most of each GPU

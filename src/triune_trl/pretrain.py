@@ -255,7 +255,9 @@ def _scale_vision_lr(optimizer, model, ratio: float) -> None:
     one "something here" direction; the single-cell colour probe stays at chance. With the vision tower at 1/10 of
     the language model's rate it reads the object's colour (100% by step 200).
     """
-    visual = {id(p) for name, p in model.named_parameters() if ".visual." in f".{name}"}
+    from .trainer import module_group
+
+    visual = {id(p) for name, p in model.named_parameters() if module_group(name) in ("vit", "connector")}
     for group in list(optimizer.param_groups):
         vision = [p for p in group["params"] if id(p) in visual]
         if not vision:
@@ -289,10 +291,10 @@ def build_trainer(script_args: PretrainArguments, training_args, model_args):
 
     class _Trainer(SFTTrainer):
         def create_optimizer(self, model=None):
+            new = self.optimizer is None  # Trainer returns the optimizer it already made on later calls
             optimizer = super().create_optimizer(model)
-            if ratio != 1.0 and not getattr(optimizer, "_triune_vision_lr", False):
+            if new and ratio != 1.0:
                 _scale_vision_lr(optimizer, self.model if model is None else model, ratio)
-                optimizer._triune_vision_lr = True
             return optimizer
 
     return _Trainer(
