@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from triune_trl.expert_layout import released_layout, released_layout_iterator, write_released_layout
 from triune_trl.tiny import FAMILIES
+
+
+def assert_saved_experts_in_released_layout(folder, text_config) -> None:
+    """A saved Qwen3-VL-MoE folder holds `experts.gate_up_proj` as released checkpoints do: (E, hidden, 2 x I)."""
+    with safe_open(folder / "model.safetensors", "pt") as saved:
+        name = next(key for key in saved.keys() if key.endswith("experts.gate_up_proj"))
+        assert tuple(saved.get_slice(name).get_shape()) == (
+            text_config.num_experts, text_config.hidden_size, 2 * text_config.moe_intermediate_size)
 
 
 @pytest.mark.parametrize("family", [family for family in FAMILIES if family != "qwen3-vl-moe"])

@@ -24,6 +24,7 @@ from triune_trl.trainer import TriuneGRPOTrainer, module_group
 from triune_trl.training import save_final_model
 
 from .conftest import write_data_config
+from .test_expert_layout import assert_saved_experts_in_released_layout
 
 QWEN3_FAMILIES = ["qwen3-vl", "qwen3-vl-moe", "qwen3.5", "qwen3.5-moe"]
 MIXED = ["train/train_math_textmath_*.parquet", "train/train_math_mmmath_*.parquet", "train/train_puzzle_*.parquet"]
@@ -110,12 +111,8 @@ def test_a_mixed_step_with_the_paper_freeze_then_save_and_reload(tmp_path, tiny_
     assert sum(changed["llm"]) >= 0.5 * len(changed["llm"]), f"{sum(changed['llm'])}/{len(changed['llm'])} trained"
 
     save_final_model(trainer, tmp_path / "saved")  # what `triune train` does at the end
-    if family == "qwen3-vl-moe":  # experts in the released layout vLLM starts from: (E, hidden, 2 x intermediate)
-        config = trainer.model.config.text_config
-        with safe_open(tmp_path / "saved" / "model.safetensors", "pt") as saved:
-            name = next(key for key in saved.keys() if key.endswith("experts.gate_up_proj"))
-            assert tuple(saved.get_slice(name).get_shape()) == (
-                config.num_experts, config.hidden_size, 2 * config.moe_intermediate_size)
+    if family == "qwen3-vl-moe":  # experts in the released layout vLLM starts from
+        assert_saved_experts_in_released_layout(tmp_path / "saved", trainer.model.config.text_config)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved")
     assert type(reloaded) is type(trainer.model)
     trained = dict(trainer.model.named_parameters())

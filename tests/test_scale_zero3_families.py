@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
 from triune_trl.tiny import FAMILIES
 
 from .conftest import REPO_ROOT, write_data_config
+from .test_expert_layout import assert_saved_experts_in_released_layout
 from .test_scale_launch import BIN, _free_port, _launch
 
 DRIVER = REPO_ROOT / "tests" / "zero3_families_run.py"
@@ -66,8 +66,4 @@ def _check_final_folder(family: str, folder: Path) -> None:
     model = AutoModelForImageTextToText.from_pretrained(folder)
     assert all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters()), family
     if family == "qwen3-vl-moe":
-        config = model.config.text_config
-        with safe_open(folder / "model.safetensors", "pt") as saved:
-            name = next(key for key in saved.keys() if key.endswith("experts.gate_up_proj"))
-            assert tuple(saved.get_slice(name).get_shape()) == (
-                config.num_experts, config.hidden_size, 2 * config.moe_intermediate_size)
+        assert_saved_experts_in_released_layout(folder, model.config.text_config)
