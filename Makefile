@@ -70,11 +70,11 @@ learn: $(WARM_START)/.complete
 	$(BIN)/triune train --config recipes/configs/tiny_learn.yaml --output_dir $(DEMO_RUN)
 	$(BIN)/triune eval --model $(DEMO_RUN) $(DEMO_EVAL) --out $(DEMO_RUN)/eval_test
 	$(BIN)/triune plot $(DEMO_RUN) --out $(DEMO_RUN)/report.png
-	$(BIN)/python -m triune_trl.learning --data-config data_configs/sample_learn.yaml \
+	$(BIN)/python -m triune_trl.runs.learning --data-config data_configs/sample_learn.yaml \
 	  --processor $(WARM_START) --before $(WARM_START)/eval_test --after $(DEMO_RUN)/eval_test \
 	  --out $(DEMO_RUN)/before_after.json
 
-# Staged pretraining of the `see` tiny VLM (issue 19, triune_trl.pretrain): describe -> bridge -> tasks, each TRL's
+# Staged pretraining of the `see` tiny VLM (issue 19, triune_trl.runs.pretrain): describe -> bridge -> tasks, each TRL's
 # SFTTrainer on rows generated on the fly; the last stage writes checkpoints/tiny-see (safetensors, in the repository).
 SEE_MODEL := artifacts/tiny-qwen2.5-vl-see
 

@@ -69,6 +69,6 @@ setup(
     entry_points={
         "console_scripts": ["triune=triune_trl.cli:main"],
         # loaded by every vLLM process: registers the HTTP weight-transfer backend (vLLM server mode on CPU hosts)
-        "vllm.general_plugins": ["triune_http_weights=triune_trl.vllm_http_weights:register"],
+        "vllm.general_plugins": ["triune_http_weights=triune_trl.generation.http_weights:register"],
     },
 )

@@ -153,7 +153,7 @@ def walk(args: argparse.Namespace, folder: Path) -> dict:
     import triune_trl.data.loader as loader
     from triune_trl.configs import TriuneGRPOConfig
     from triune_trl.data import FileSpec, ImageSizing, load_files
-    from triune_trl.tiny import build_tiny_model
+    from triune_trl.models.tiny import build_tiny_model
     from triune_trl.trainer import TriuneGRPOTrainer
 
     datasets.disable_progress_bars()

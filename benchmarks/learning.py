@@ -14,7 +14,7 @@ process:
    and, when the data has detection or grounding rows, an RL run with a fixed IoU threshold of 0.5 instead of
    the dynamic schedule;
 5. a table per source: majority baseline, warm start, after RL, difference ± standard error
-   (`triune_trl.learning`), blank-image, no-RL control and fixed-IoU accuracies. Written to
+   (`triune_trl.runs.learning`), blank-image, no-RL control and fixed-IoU accuracies. Written to
    benchmarks/results/learning.json and learning.md.
 
 Budget: the stages run one after the other on the CPU; on 2 shared cores the whole benchmark takes about an hour.
@@ -56,7 +56,7 @@ def data_config(path: Path, root: Path) -> Path:
 
 
 def evaluate(model: Path, config: Path, out: Path, max_completion_length: int) -> dict[str, tuple[float, int]]:
-    from triune_trl.learning import accuracies
+    from triune_trl.runs.learning import accuracies
 
     if not (out / "results.json").is_file():
         triune("eval", "--model", str(model), "--data-config", str(config), "--out", str(out),
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from triune_trl.data.ablation import blank_image_copy
-    from triune_trl.learning import compare, majority_baselines, to_markdown
+    from triune_trl.runs.learning import compare, majority_baselines, to_markdown
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

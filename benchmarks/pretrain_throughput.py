@@ -4,11 +4,11 @@
 
 Three ways to train the same batch size, each timed over `--steps` optimizer steps after two warm-up steps:
 
-- `sft_parquet_224` (the warm start of issue 14): `triune_trl.warm_start` on make-sample parquet rows, the learn
+- `sft_parquet_224` (the warm start of issue 14): `triune_trl.runs.warm_start` on make-sample parquet rows, the learn
   model at 224 px (64 merged vision tokens), PNG decoding and the processor inside TRL's collator every step;
 - `plain_loop_112`: a hand-written loop (draw rows, `pretrain.RowEncoder`, `PreprocessedCollator`, forward,
   backward, AdamW) on the `see` model at 112 px (16 vision tokens), stage `tasks` rows;
-- `sft_stream_112`: `triune_trl.pretrain` (SFTTrainer on the streaming pre-processed rows), same model and rows.
+- `sft_stream_112`: `triune_trl.runs.pretrain` (SFTTrainer on the streaming pre-processed rows), same model and rows.
 
 The rounds alternate the three so that a shared machine's load falls on all of them alike; the result is the
 median per method and the ratio plain / SFTTrainer. Written to benchmarks/results/pretrain_throughput.{json,md}.
@@ -54,7 +54,7 @@ def _rate(ends: list[float], batch: int) -> float:
 def sft_parquet_224(work: Path, steps: int, batch: int) -> float:
     from trl import ModelConfig, SFTConfig
 
-    from triune_trl.warm_start import WarmStartArguments, build_trainer
+    from triune_trl.runs.warm_start import WarmStartArguments, build_trainer
 
     config = work / "learn.yaml"
     config.write_text(f"root: {work / 'sample'}\ntrain:\n"
@@ -74,7 +74,7 @@ def sft_parquet_224(work: Path, steps: int, batch: int) -> float:
 def sft_stream_112(work: Path, steps: int, batch: int) -> float:
     from trl import ModelConfig, SFTConfig
 
-    from triune_trl.pretrain import PretrainArguments, build_trainer
+    from triune_trl.runs.pretrain import PretrainArguments, build_trainer
 
     args = SFTConfig(output_dir=str(work / "out_stream"), max_steps=steps + WARMUP, per_device_train_batch_size=batch,
                      learning_rate=1e-3, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000,
@@ -91,7 +91,7 @@ def plain_loop_112(work: Path, steps: int, batch: int) -> float:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from triune_trl.pretrain import PreprocessedCollator, RowEncoder, stage_rows
+    from triune_trl.runs.pretrain import PreprocessedCollator, RowEncoder, stage_rows
 
     processor = AutoProcessor.from_pretrained(work / "see")
     model = AutoModelForImageTextToText.from_pretrained(work / "see", dtype=torch.float32)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from triune_trl.data.make_sample import make_sample_dataset
-    from triune_trl.tiny import PRESETS, build_tiny_model
+    from triune_trl.models.tiny import PRESETS, build_tiny_model
 
     rates: dict[str, list[float]] = {name: [] for name in METHODS}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Dense-description recall of a `see` checkpoint (issue 19): does it say where each object is, and what it is?
 
-Greedy "List every object in the image with its cell." on held-out describe scenes (triune_trl.pretrain's describe
+Greedy "List every object in the image with its cell." on held-out describe scenes (triune_trl.runs.pretrain's describe
 rows from their own seed), scored per item: cells (where), labels as a multiset in any cell (what), and
 (cell, label) pairs.
 
@@ -20,7 +20,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from triune_trl import pretrain
+    from triune_trl.runs import pretrain
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")

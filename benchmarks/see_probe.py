@@ -26,8 +26,8 @@ def main() -> None:
     import transformers
     from PIL import Image
 
-    from triune_trl import tiny
     from triune_trl.data import make_sample as ms
+    from triune_trl.models import tiny
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(QUESTIONS), default="cell")

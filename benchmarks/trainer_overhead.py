@@ -48,7 +48,7 @@ IMAGE_FILES = [  # every row of these sample files has one or two images
 
 def _ensure_inputs(model: Path, data: Path) -> None:
     from triune_trl.data.make_sample import make_sample_dataset
-    from triune_trl.tiny import build_tiny_model, is_tiny_model_dir
+    from triune_trl.models.tiny import build_tiny_model, is_tiny_model_dir
 
     if not is_tiny_model_dir(model):
         build_tiny_model(model)
@@ -60,8 +60,8 @@ def _step_times(trainer_cls, model: Path, dataset, processor, steps: int, out: P
     from transformers import TrainerCallback
     from trl import GRPOConfig
 
-    from triune_trl.callbacks import DynamicIoUCallback
     from triune_trl.rewards import RewardRouter
+    from triune_trl.trainer.callbacks import DynamicIoUCallback
 
     class StepClock(TrainerCallback):
         def __init__(self):

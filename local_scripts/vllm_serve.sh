@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The vLLM generation server for GRPO in server mode (`use_vllm: true`, `vllm_mode: server` in the Orsta recipes),
-# on GPUs that the trainer does not use. A thin wrapper of `triune vllm-serve` (src/triune_trl/vllm_serve.py), which
+# on GPUs that the trainer does not use. A thin wrapper of `triune vllm-serve` (src/triune_trl/generation/serve.py), which
 # runs TRL 1.16's `trl vllm-serve` command (the weight-transfer engine, processed logprobs, the scale-out endpoints
 # for multimodal prompts, VLLM_SERVER_DEV_MODE=1) with the weight transfer picked by platform: NCCL on GPU hosts,
 # HTTP (`triune_http`) on hosts without CUDA; it waits for /health and prints a ready line.

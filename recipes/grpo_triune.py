@@ -5,13 +5,13 @@
 
 Every option is a field of `TriuneScriptArguments` (data and rewards), `trl.GRPOConfig` (optimisation, generation,
 logging) or `trl.ModelConfig` (model loading, LoRA); the YAML sets them and the command line overrides them.
-The logic lives in `triune_trl.training` so that it is tested; this file only parses and runs.
+The logic lives in `triune_trl.runs.train` so that it is tested; this file only parses and runs.
 """
 
 import sys
 
 from triune_trl.errors import TriuneError
-from triune_trl.training import parse_args, run
+from triune_trl.runs.train import parse_args, run
 
 
 def main() -> int:

@@ -5,14 +5,14 @@
 
 Every option is a field of `WarmStartArguments` (data), `trl.SFTConfig` (optimisation, logging) or
 `trl.ModelConfig` (model loading); the YAML sets them and the command line overrides them. The logic lives in
-`triune_trl.warm_start` so that it is tested; this file only parses and runs.
+`triune_trl.runs.warm_start` so that it is tested; this file only parses and runs.
 """
 
 import sys
 
 from triune_trl.checks import parse_recipe_args
 from triune_trl.errors import TriuneError
-from triune_trl.warm_start import make_parser, run
+from triune_trl.runs.warm_start import make_parser, run
 
 
 def main() -> int:

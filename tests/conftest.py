@@ -18,17 +18,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from triune_trl.tiny import build_tiny_model
+    from triune_trl.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2.5-vl")
 
 
 @pytest.fixture(scope="session")
 def tiny_family_model(tmp_path_factory, request):
-    """family name -> folder of that family's tiny model (`triune_trl.tiny.FAMILIES`), each built once per test run.
+    """family name -> folder of that family's tiny model (`triune_trl.models.tiny.FAMILIES`), each built once per test
+    run.
 
     Qwen2.5-VL is the `tiny_model_dir` model itself, so a test over every family builds nothing twice."""
-    from triune_trl.tiny import DEFAULT_FAMILY, build_tiny_model
+    from triune_trl.models.tiny import DEFAULT_FAMILY, build_tiny_model
 
     built: dict[str, Path] = {}
 

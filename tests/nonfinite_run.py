@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from triune_trl.training import build_trainer, make_parser
+from triune_trl.runs.train import build_trainer, make_parser
 
 
 def local_fingerprint(model: torch.nn.Module) -> str:

@@ -4,7 +4,7 @@
 import pytest
 
 from triune_trl.configs import TriuneScriptArguments
-from triune_trl.training import make_parser
+from triune_trl.runs.train import make_parser
 
 from .conftest import REPO_ROOT
 
@@ -35,7 +35,7 @@ def test_named_schedules_pass_through():
 
 
 def test_training_summary_reports_reward_movement(tmp_path):
-    from triune_trl.training import training_summary
+    from triune_trl.runs.train import training_summary
 
     history = [{"reward": r, "step": i} for i, r in enumerate([0.0, 0.0, 0.1, 0.5, 0.9, 1.0])] + [{"train_loss": 0}]
     text = training_summary(history, tmp_path)

@@ -1,5 +1,5 @@
 """Images decoded once per generation round (`triune_trl.data.deferred_images`), and a round's image tensors
-buffered in host memory (`triune_trl.image_buffers`).
+buffered in host memory (`triune_trl.trainer.image_buffers`).
 
 The training test runs the real trainer with steps_per_generation 4: TRL's DataLoader then hands the trainer the
 whole generation batch at each of the 4 micro-steps of a round. It counts the images the loader's decode function
@@ -16,8 +16,8 @@ import triune_trl.data.loader as loader
 from triune_trl.configs import TriuneGRPOConfig
 from triune_trl.data import ImageSizing, load_data_config, load_split
 from triune_trl.data.deferred_images import DeferredImageDataset, ImageRef, resolve_images
-from triune_trl.image_buffers import move_image_tensors, offload
 from triune_trl.trainer import TriuneGRPOTrainer
+from triune_trl.trainer.image_buffers import move_image_tensors, offload
 
 from .conftest import write_data_config
 

@@ -16,7 +16,7 @@ from triune_trl.data import FileSpec, ImageSizing, load_data_config, load_files,
 from triune_trl.data.loader import prompt_tokens, scan_files
 from triune_trl.data.prompt_length import PromptLimit, PromptTokenCounter
 from triune_trl.errors import DataError, UsageError
-from triune_trl.training import check_length_budget
+from triune_trl.runs.train import check_length_budget
 
 from .conftest import write_data_config
 from .test_data_orsta import image_bytes, orsta_row, write_orsta

@@ -1,4 +1,4 @@
-"""`triune_trl.expert_layout` on the tiny family models: which families transformers keeps in another layout than
+"""`triune_trl.models.expert_layout` on the tiny family models: which families transformers keeps in another layout than
 their released checkpoints, what the sync sends vLLM instead, and the saved folder's layout (no vLLM needed)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from triune_trl.expert_layout import released_layout, released_layout_iterator, write_released_layout
-from triune_trl.tiny import FAMILIES
+from triune_trl.models.expert_layout import released_layout, released_layout_iterator, write_released_layout
+from triune_trl.models.tiny import FAMILIES
 
 
 def assert_saved_experts_in_released_layout(folder, text_config) -> None:

@@ -16,7 +16,7 @@ from trl.data_utils import apply_chat_template
 from triune_trl.data import FileSpec, ImageSizing, QwenVLResize, load_files, make_image_resize
 from triune_trl.data.loader import prompt_tokens, scan_files
 from triune_trl.data.prompt_length import PromptTokenCounter
-from triune_trl.tiny import FAMILIES
+from triune_trl.models.tiny import FAMILIES, get_family
 
 from .conftest import REPO_ROOT, write_data_config
 from .test_data_orsta import image_bytes, orsta_row, write_orsta
@@ -62,12 +62,12 @@ def test_sizes_and_prompt_tokens_follow_the_family_processor(tmp_path, tiny_fami
 
 
 def test_for_family_gives_the_family_patching_with_the_default_token_bounds():
-    assert ImageSizing.for_family("qwen2.5-vl") == ImageSizing()
+    assert get_family("qwen2.5-vl").image_sizing() == ImageSizing()
     for family in QWEN3_FAMILIES:
-        assert ImageSizing.for_family(family) == ImageSizing(32, 4 * 32 * 32, 1280 * 32 * 32)
-    assert ImageSizing.for_family("qwen3-vl").model_size(640, 480) == (640, 480)
+        assert get_family(family).image_sizing() == ImageSizing(32, 4 * 32 * 32, 1280 * 32 * 32)
+    assert get_family("qwen3-vl").image_sizing().model_size(640, 480) == (640, 480)
     with pytest.raises(ValueError, match="unknown model family 'qwen4'"):
-        ImageSizing.for_family("qwen4")
+        get_family("qwen4").image_sizing()
 
 
 def test_qwen_vl_resize_follows_the_family_factor_as_qwen_vl_utils_does():
@@ -112,7 +112,7 @@ def _matched(model_dir, pattern):
 
 
 def test_lora_targets_keep_qwen2_5_vl_and_reach_qwen3_5_linear_attention_and_shared_experts(tiny_family_model):
-    from triune_trl.lora import LANGUAGE_MODEL_LORA_TARGETS
+    from triune_trl.models.lora import LANGUAGE_MODEL_LORA_TARGETS
 
     qwen2_5 = _matched(tiny_family_model("qwen2.5-vl"), LANGUAGE_MODEL_LORA_TARGETS)
     assert qwen2_5 == _matched(tiny_family_model("qwen2.5-vl"), OLD_QWEN2_5_TARGETS) and len(qwen2_5) == 14
@@ -127,13 +127,13 @@ def test_lora_defaults_add_fused_experts_only_without_dropout(tiny_family_model,
     from trl import ModelConfig
 
     from triune_trl.errors import UsageError
-    from triune_trl.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults
+    from triune_trl.models.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults
 
     for family in ("qwen3-vl-moe", "qwen3.5-moe"):
         no_dropout = ModelConfig(model_name_or_path=str(tiny_family_model(family)), use_peft=True, lora_dropout=0.0)
         apply_lora_defaults(no_dropout)
         assert no_dropout.lora_target_parameters == FUSED_EXPERT_LORA_PARAMETERS
-        with caplog.at_level("WARNING", logger="triune_trl.lora"):
+        with caplog.at_level("WARNING", logger="triune_trl.models.lora"):
             trl_default = ModelConfig(model_name_or_path=str(tiny_family_model(family)), use_peft=True)
             apply_lora_defaults(trl_default)
         assert trl_default.lora_target_parameters is None and trl_default.lora_target_modules
@@ -152,7 +152,7 @@ def test_lora_defaults_add_fused_experts_only_without_dropout(tiny_family_model,
 def test_completion_prefill_is_the_unclosed_think_tag_of_qwen3_5_only(tiny_family_model):
     from trl.chat_template_utils import qwen3_5_nothink_chat_template
 
-    from triune_trl.prefill import completion_prefill, prefill_of
+    from triune_trl.models.prefill import completion_prefill, prefill_of
 
     think = "<think>\n"
     expected = {"qwen2.5-vl": "", "qwen3-vl": "", "qwen3-vl-moe": "", "qwen3.5": think, "qwen3.5-moe": think}

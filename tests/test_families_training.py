@@ -18,10 +18,10 @@ from trl.trainer.utils import get_peft_config
 
 from triune_trl.configs import TriuneGRPOConfig
 from triune_trl.data import ImageSizing, load_data_config, load_split
-from triune_trl.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults
+from triune_trl.models.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults
 from triune_trl.rewards import RewardRouter
+from triune_trl.runs.train import save_final_model
 from triune_trl.trainer import TriuneGRPOTrainer, module_group
-from triune_trl.training import save_final_model
 
 from .conftest import write_data_config
 from .test_expert_layout import assert_saved_experts_in_released_layout

@@ -1,9 +1,11 @@
 """The package layout rules of docs/architecture.md, checked on the source's import statements.
 
-`rewards/verifiers/` holds exactly the modules that register a built-in verifier; `rewards` never reaches `server`
-(the server builds on rewards, not the reverse) and `monitoring` never reaches `data` or `trainer` (it computes
-metrics from what the trainer hands it). Imports are followed transitively, including the ones inside functions,
-so a lazy import cannot hide a dependency.
+The root holds only cli, configs, checks and errors beside the packages; every package imports only what sits on
+its own layer or below (`LAYERS`); no two modules import each other, however far round; `rewards/verifiers/` holds
+exactly the modules that register a built-in verifier; `rewards` never reaches `server` (the server builds on
+rewards, not the reverse) and `monitoring` never reaches `data` or `trainer` (it computes metrics from what the
+trainer hands it). Imports are followed transitively, including the ones inside functions, so a lazy import cannot
+hide a dependency.
 """
 
 from __future__ import annotations
@@ -87,6 +89,109 @@ def package_modules(package: str) -> list[str]:
     return sorted(_module_name(path) for path in folder.rglob("*.py"))
 
 
+# bottom to top; a module may import what is on its own layer or below (docs/architecture.md draws the same)
+LAYERS = (
+    ("errors",),
+    ("rewards",),
+    ("data", "monitoring"),
+    ("server", "checks"),
+    ("configs",),
+    ("models", "generation"),
+    ("trainer",),
+    ("runs",),
+    ("cli",),
+)
+LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
+ROOT_MODULES = {"cli", "configs", "checks", "errors"}
+
+
+def _part(module: str) -> str:
+    """The root module or package a `triune_trl...` module belongs to."""
+    return module.split(".")[1]
+
+
+def explicit_imports(module: str) -> frozenset[str]:
+    """The triune_trl modules `module` names in its imports, without the parent packages Python runs on the way
+    (`from triune_trl.data import formats` names data.formats, not data/__init__)."""
+    path = _module_file(module)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            submodules = [f"{base}.{alias.name}" for alias in node.names if _module_file(f"{base}.{alias.name}")]
+            targets = submodules if len(submodules) == len(node.names) else [base, *submodules]
+        else:
+            continue
+        found.update(target for target in targets if _module_file(target))
+    found.discard(module)
+    return frozenset(found)
+
+
+def all_modules() -> list[str]:
+    return sorted(_module_name(path) for path in PACKAGE_DIR.rglob("*.py"))
+
+
+def test_root_holds_only_the_shared_modules_beside_the_packages():
+    loose = {path.stem for path in PACKAGE_DIR.glob("*.py")} - {"__init__"}
+    assert loose == ROOT_MODULES
+    packages = {path.name for path in PACKAGE_DIR.iterdir() if (path / "__init__.py").is_file()}
+    assert packages == set(LAYER_OF) - ROOT_MODULES
+
+
+def test_every_package_opens_with_what_it_is_for_and_what_it_may_import():
+    for package in set(LAYER_OF) - ROOT_MODULES:
+        doc = ast.get_docstring(ast.parse((PACKAGE_DIR / package / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "May import:" in doc, package
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    offenders = sorted(
+        (module, imported)
+        for module in all_modules()
+        if module != "triune_trl"
+        for imported in direct_imports(module)
+        if imported != "triune_trl" and LAYER_OF[_part(imported)] > LAYER_OF[_part(module)]
+    )
+    assert not offenders, offenders
+
+
+def test_no_two_modules_import_each_other():
+    graph = {module: explicit_imports(module) for module in all_modules()}
+
+    def reached_from(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for imported in graph[todo.pop()]:
+                if imported not in seen:
+                    seen.add(imported)
+                    todo.append(imported)
+        return seen
+
+    reach = {module: reached_from(module) for module in graph}
+    cycles = sorted((a, b) for a in graph for b in reach[a] if a < b and a in reach[b])
+    assert not cycles, cycles
+
+
+def test_old_module_paths_resolve_to_the_moved_modules():
+    import importlib
+    import warnings
+
+    from triune_trl.models import prefill
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("triune_trl.prefill")
+    assert old is prefill and old.__spec__.name == "triune_trl.models.prefill"
+    assert any("moved to triune_trl.models.prefill" in str(w.message) for w in caught)
+
+
 def _registers_a_verifier(path: Path) -> bool:
     """Whether a class in `path` is decorated with `@register_verifier(...)`."""
     return any(
@@ -129,6 +234,6 @@ def test_package_never_reaches_forbidden_modules(package, forbidden):
 def test_import_graph_sees_lazy_and_relative_imports():
     """The checker itself: the moved modules' known dependencies are found (a checker that finds nothing passes
     every rule)."""
-    assert "triune_trl.server.client" in direct_imports("triune_trl.score_file")  # lazy, inside a function
-    assert {"triune_trl.data", "triune_trl.trainer"} <= direct_imports("triune_trl.evaluation")  # relative, lazy
+    assert "triune_trl.server.client" in direct_imports("triune_trl.runs.score_file")  # lazy, inside a function
+    assert {"triune_trl.data", "triune_trl.trainer"} <= direct_imports("triune_trl.runs.evaluate")  # relative, lazy
     assert "triune_trl.rewards.verifiers.mathverify" in reachable("triune_trl.rewards.router")

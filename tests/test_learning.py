@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import write_data_config
 from triune_trl.data import ImageSizing
 from triune_trl.data.make_sample import CANVAS, make_sample_dataset
-from triune_trl.learning import accuracies, compare, main, majority_baselines, standard_error, to_markdown
+from triune_trl.runs.learning import accuracies, compare, main, majority_baselines, standard_error, to_markdown
 
 
 def test_standard_error_is_the_binomial_one_and_bounds_any_unit_interval_mean() -> None:

@@ -85,7 +85,7 @@ def test_mlflow_names_rename_only_a_name_that_is_also_a_family():
 
 def test_report_to_takes_a_comma_separated_list_on_the_command_line():
     from tests.conftest import REPO_ROOT
-    from triune_trl.training import make_parser
+    from triune_trl.runs.train import make_parser
 
     recipe = str(REPO_ROOT / "recipes" / "configs" / "tiny_cpu.yaml")
     _, args, _ = make_parser().parse_args_and_config(["--config", recipe, "--report_to", "tensorboard, mlflow"])

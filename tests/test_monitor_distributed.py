@@ -19,11 +19,11 @@ def worker(model_dir: str, data_dir: str, out_dir: str) -> None:
     """One rank: train 2 steps and evaluate once on data laid out so that each rank's shard holds one source."""
     from transformers import AutoProcessor, TrainerCallback
 
-    from triune_trl.callbacks import DynamicIoUCallback
     from triune_trl.configs import TriuneGRPOConfig
     from triune_trl.data import ImageSizing, load_data_config, load_split
     from triune_trl.rewards import RewardRouter
     from triune_trl.trainer import TriuneGRPOTrainer
+    from triune_trl.trainer.callbacks import DynamicIoUCallback
 
     class SeenSources(RewardRouter):
         """The real router, noting which sources this rank scored."""

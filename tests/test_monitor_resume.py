@@ -27,7 +27,7 @@ MARKER = "killable"
 def killable_run(argv: list[str]) -> None:
     from transformers import TrainerCallback
 
-    from triune_trl.training import build_trainer, make_parser
+    from triune_trl.runs.train import build_trainer, make_parser
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
 

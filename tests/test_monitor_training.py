@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import AutoProcessor, TrainerCallback
 
-from triune_trl.callbacks import DynamicIoUCallback
 from triune_trl.configs import TriuneGRPOConfig
 from triune_trl.data import ImageSizing, load_data_config, load_split
 from triune_trl.monitoring.per_source import PER_SOURCE_METRICS, metric_key
 from triune_trl.rewards import RewardRouter
 from triune_trl.rewards.iou_schedule import dynamic_iou_threshold
 from triune_trl.trainer import TriuneGRPOTrainer, module_group
+from triune_trl.trainer.callbacks import DynamicIoUCallback
 
 from .conftest import write_data_config
 

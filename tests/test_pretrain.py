@@ -1,5 +1,5 @@
-"""Staged pretraining (triune_trl.pretrain): grounded targets score full marks, rows stream pre-processed, and a real
-SFTTrainer stage trains, saves and reloads."""
+"""Staged pretraining (triune_trl.runs.pretrain): grounded targets score full marks, rows stream pre-processed, and a
+real SFTTrainer stage trains, saves and reloads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from triune_trl.data.make_sample import SAMPLE_SOURCES
-from triune_trl.pretrain import (
+from triune_trl.rewards import score_sample
+from triune_trl.runs.pretrain import (
     STAGES,
     TASK_SOURCES,
     PreprocessedCollator,
@@ -20,7 +21,6 @@ from triune_trl.pretrain import (
     make_parser,
     stage_rows,
 )
-from triune_trl.rewards import score_sample
 
 CONFIGS = REPO_ROOT / "recipes" / "configs"
 
@@ -96,7 +96,7 @@ def test_the_vision_tower_gets_its_own_learning_rate(tiny_model_dir: Path) -> No
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from triune_trl.pretrain import _scale_vision_lr
+    from triune_trl.runs.pretrain import _scale_vision_lr
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
     params = list(model.parameters())
@@ -115,7 +115,7 @@ def test_the_vision_tower_gets_its_own_learning_rate(tiny_model_dir: Path) -> No
 def test_the_see_preset_rotates_image_rows_and_columns_apart() -> None:
     """Qwen2.5-VL's mRoPE gives height and width its lowest frequencies: at base 10000 a 4 x 4 image's columns would
     rotate by < 0.01 rad and the model could not tell cells apart (see_pretrain.md)."""
-    from triune_trl.tiny import PRESETS, build_config, build_tokenizer
+    from triune_trl.models.tiny import PRESETS, build_config, build_tokenizer
 
     spec = PRESETS["see"]
     rope = build_config(build_tokenizer(spec), spec).text_config.rope_parameters
@@ -138,8 +138,8 @@ def test_a_stage_trains_on_sftrainer_saves_and_reloads(tmp_path: Path) -> None:
     from transformers import AutoModelForImageTextToText
     from trl import ModelConfig, SFTConfig
 
-    from triune_trl.pretrain import PretrainArguments, run
-    from triune_trl.tiny import PRESETS, build_tiny_model
+    from triune_trl.models.tiny import PRESETS, build_tiny_model
+    from triune_trl.runs.pretrain import PretrainArguments, run
 
     model_dir = build_tiny_model(tmp_path / "see", PRESETS["see"])
     args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, use_cpu=True,

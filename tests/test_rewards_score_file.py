@@ -7,7 +7,7 @@ import json
 import pytest
 
 from triune_trl.errors import InputLineError
-from triune_trl.score_file import score_jsonl
+from triune_trl.runs.score_file import score_jsonl
 
 RATIO = {
     "iou_max_label_first": 1.0,

@@ -21,10 +21,10 @@ from accelerate.commands.launch import launch_command_parser
 from torch.distributed.run import get_args_parser as torchrun_parser
 from trl.scripts.vllm_serve import build_command
 
-from triune_trl.pretrain import make_parser as make_pretrain_parser
-from triune_trl.training import make_parser
-from triune_trl.vllm_serve import parse as parse_vllm_serve
-from triune_trl.warm_start import make_parser as make_warm_start_parser
+from triune_trl.generation.serve import parse as parse_vllm_serve
+from triune_trl.runs.pretrain import make_parser as make_pretrain_parser
+from triune_trl.runs.train import make_parser
+from triune_trl.runs.warm_start import make_parser as make_warm_start_parser
 
 from .conftest import REPO_ROOT
 

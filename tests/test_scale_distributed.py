@@ -11,8 +11,8 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 from trl import GRPOConfig
 
-from triune_trl import distributed
-from triune_trl.distributed import DistributedSetupError, apply_cpu_distributed_shim, check_world_size
+from triune_trl.trainer import distributed
+from triune_trl.trainer.distributed import DistributedSetupError, apply_cpu_distributed_shim, check_world_size
 
 
 def _original_prepare_backend():

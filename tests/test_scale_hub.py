@@ -15,10 +15,10 @@ from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import ModelConfig
 
-from triune_trl import hub
-from triune_trl.hub import HubPushError, LocalFolderUploader
-from triune_trl.lora import LANGUAGE_MODEL_LORA_TARGETS, apply_lora_defaults
-from triune_trl.training import make_parser, run
+from triune_trl.models.lora import LANGUAGE_MODEL_LORA_TARGETS, apply_lora_defaults
+from triune_trl.runs import hub
+from triune_trl.runs.hub import HubPushError, LocalFolderUploader
+from triune_trl.runs.train import make_parser, run
 
 from .conftest import REPO_ROOT, write_data_config
 

@@ -1,4 +1,4 @@
-"""skip_nonfinite_updates under DeepSpeed ZeRO-2 and ZeRO-3, bf16, on 2 CPU processes (`triune_trl.nonfinite`).
+"""skip_nonfinite_updates under DeepSpeed ZeRO-2 and ZeRO-3, bf16, on 2 CPU processes (`triune_trl.trainer.nonfinite`).
 
 Each launch runs tests/nonfinite_run.py: the real recipe's trainer (`training.build_trainer`) plus a test-side
 callback that turns the language model's hidden states into NaN during the training forwards of step 2, so that
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from triune_trl.errors import UsageError
-from triune_trl.nonfinite import check_deepspeed_config, drop_update
+from triune_trl.trainer.nonfinite import check_deepspeed_config, drop_update
 
 from .conftest import REPO_ROOT, write_data_config
 from .test_scale_launch import BIN, TINY_RECIPE, _free_port, _launch

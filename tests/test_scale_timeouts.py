@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from trl.scripts.vllm_serve import make_parser as vllm_serve_parser
 
-from triune_trl.training import check_length_budget
+from triune_trl.runs.train import check_length_budget
 
 from .test_scale_configs import ORSTA, _check_recipe_args, _dry_run, _parse
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from triune_trl.tiny import FAMILIES
+from triune_trl.models.tiny import FAMILIES
 
 from .conftest import REPO_ROOT, write_data_config
 from .test_expert_layout import assert_saved_experts_in_released_layout

@@ -1,5 +1,5 @@
 """ZeRO-3 with text-only and image rows in one run: a step where one rank's micro-batch has no image while the
-other rank's has one must train like any other (`triune_trl.image_less_forwards`).
+other rank's has one must train like any other (`triune_trl.trainer.image_less_forwards`).
 
 The launch tests run the real recipe under `accelerate launch --config_file local_scripts/zero3.yaml` on 2 CPU
 processes. In the first, each rank's micro-batch is exactly one prompt group (per-device batch = num_generations
@@ -33,7 +33,9 @@ from trl import GRPOConfig
 
 from triune_trl.configs import TriuneGRPOConfig
 from triune_trl.data import ImageSizing, load_data_config, load_split
-from triune_trl.image_less_forwards import (
+from triune_trl.rewards import RewardRouter
+from triune_trl.trainer import TriuneGRPOTrainer
+from triune_trl.trainer.image_less_forwards import (
     EmptyImageGuard,
     VisionAlignment,
     find_vision_tower,
@@ -43,8 +45,6 @@ from triune_trl.image_less_forwards import (
     needs_vision_alignment,
     prepare_image_less_forwards,
 )
-from triune_trl.rewards import RewardRouter
-from triune_trl.trainer import TriuneGRPOTrainer
 
 from .conftest import REPO_ROOT, write_data_config
 from .test_scale_launch import BIN, RECIPE, TINY_RECIPE, _free_port, _launch

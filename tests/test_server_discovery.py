@@ -8,6 +8,7 @@ import pytest
 
 from triune_trl.configs import TriuneScriptArguments
 from triune_trl.rewards import RewardRouter
+from triune_trl.runs.train import build_reward_router
 from triune_trl.server.client import RemoteRewardRouter, RewardServerError
 from triune_trl.server.discovery import (
     RewardServerDiscoveryError,
@@ -17,7 +18,6 @@ from triune_trl.server.discovery import (
     register_server,
     unregister_server,
 )
-from triune_trl.training import build_reward_router
 
 from .server_helpers import running_server
 

@@ -14,7 +14,7 @@ TINY_RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_cpu.yaml"
 
 @pytest.mark.slow
 def test_a_tiny_run_scores_its_rewards_on_a_reward_server(tmp_path, tiny_model_dir, sample_data_dir, monkeypatch):
-    from triune_trl.training import build_trainer, make_parser
+    from triune_trl.runs.train import build_trainer, make_parser
 
     monkeypatch.delenv("REMOTE_REWARD_JOB_ID", raising=False)
     config = write_data_config(

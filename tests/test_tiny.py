@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from triune_trl.tiny import QWEN_SPECIAL_TOKENS, TASK_TAGS, is_tiny_model_dir
+from triune_trl.models.tiny import QWEN_SPECIAL_TOKENS, TASK_TAGS, is_tiny_model_dir
 
 
 def test_reloads_with_auto_classes_and_generates_from_an_image(tiny_model_dir):
@@ -48,7 +48,7 @@ def test_special_tokens_and_task_tags(tiny_model_dir):
 def test_building_the_tiny_processor_leaves_stock_defaults_alone():
     from transformers import Qwen2VLImageProcessor
 
-    from triune_trl.tiny import build_processor
+    from triune_trl.models.tiny import build_processor
 
     build_processor()
     assert Qwen2VLImageProcessor().size["longest_edge"] == 28 * 28 * 1280
@@ -58,7 +58,7 @@ def test_building_the_tiny_processor_leaves_stock_defaults_alone():
 
 import pytest  # noqa: E402
 
-from triune_trl.tiny import FAMILIES  # noqa: E402
+from triune_trl.models.tiny import FAMILIES  # noqa: E402
 
 QWEN3_FAMILIES = [f for f in FAMILIES if f != "qwen2.5-vl"]
 MODEL_CLASS = {
@@ -120,7 +120,7 @@ def test_family_specific_config(tiny_family_model):
 
 
 def test_unknown_family_is_one_line():
-    from triune_trl.tiny import build_processor
+    from triune_trl.models.tiny import build_processor
 
     with pytest.raises(ValueError, match="unknown model family 'qwen4'; choose one of qwen2.5-vl, qwen3-vl"):
         build_processor(family="qwen4")

@@ -12,10 +12,10 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import GRPOConfig
 
-from triune_trl.callbacks import DynamicIoUCallback
 from triune_trl.data import ImageSizing, load_data_config, load_split
 from triune_trl.rewards import RewardRouter
 from triune_trl.trainer import TriuneGRPOTrainer, images_for_processor
+from triune_trl.trainer.callbacks import DynamicIoUCallback
 
 from .conftest import REPO_ROOT, write_data_config
 

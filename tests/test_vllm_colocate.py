@@ -33,10 +33,10 @@ from vllm import SamplingParams  # noqa: E402
 
 from triune_trl.configs import TriuneGRPOConfig  # noqa: E402
 from triune_trl.data import ImageSizing, load_data_config, load_split  # noqa: E402
+from triune_trl.generation.cpu_sync import refresh_tied_output_layers  # noqa: E402
+from triune_trl.generation.prompts import collapse_placeholder_runs  # noqa: E402
 from triune_trl.rewards import RewardRouter  # noqa: E402
 from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
-from triune_trl.vllm_cpu_sync import refresh_tied_output_layers  # noqa: E402
-from triune_trl.vllm_prompts import collapse_placeholder_runs  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the shared engine takes ~30-40 s to start on 2 cores
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from triune_trl.training import check_length_budget, make_parser
+from triune_trl.runs.train import check_length_budget, make_parser
 
 from .conftest import REPO_ROOT
 

@@ -5,7 +5,7 @@ Per family, one real TriuneGRPOTrainer and its engine: after a sync, vLLM scores
 two-image prompt like the trainer (|log p_vLLM - log p_trainer| < 0.01 per token; vLLM runs bf16, downcasting the
 fp32 checkpoint, the trainer fp32); after a large step of every weight it does not; after the next sync it does
 again; and a mixed text/image generation round's sampled log-probs match the trainer's. The MoE families need the
-two MoE sync fixes (`triune_trl.expert_layout`: Qwen3-VL-MoE's experts in the released layout; `vllm_cpu_sync`:
+two MoE sync fixes (`triune_trl.models.expert_layout`: Qwen3-VL-MoE's experts in the released layout; `vllm_cpu_sync`:
 CPU fused experts prepacked again after the reload), the sync reports the re-prepack. Qwen3.5's gated-delta-net
 layers run on vLLM-CPU because the tiny model's linear heads are 64 wide (the CPU kernel takes 64 or 128, and bf16
 only, which vLLM's default dtype gives).
@@ -43,7 +43,7 @@ from trl.trainer.utils import get_peft_config  # noqa: E402
 
 from triune_trl.configs import TriuneGRPOConfig  # noqa: E402
 from triune_trl.data import ImageSizing, load_data_config, load_split  # noqa: E402
-from triune_trl.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults  # noqa: E402
+from triune_trl.models.lora import FUSED_EXPERT_LORA_PARAMETERS, apply_lora_defaults  # noqa: E402
 from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
 
 from .test_vllm_colocate import CompletionRecorder, gaps, release_engine, trainer_logprobs  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from triune_trl.vllm_prompts import collapse_placeholder_runs, drop_replaced_logprobs
+from triune_trl.generation.prompts import collapse_placeholder_runs, drop_replaced_logprobs
 
 PAD, VIDEO_PAD, START, END = 9, 8, 5, 6
 

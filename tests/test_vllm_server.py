@@ -35,12 +35,12 @@ from trl.generation.vllm_client import VLLMClient  # noqa: E402
 
 from triune_trl import cli  # noqa: E402
 from triune_trl.data import ImageSizing, load_data_config, load_split  # noqa: E402
-from triune_trl.preflight import FAIL, OK, WARN, Report, check_vllm_server  # noqa: E402
+from triune_trl.generation.client import TriuneVLLMClient, VLLMServerError  # noqa: E402
+from triune_trl.generation.http_weights import BACKEND, HTTPUpdateInfo, update_chunks  # noqa: E402
+from triune_trl.generation.serve import reachable_hosts, vllm_metadata_shim  # noqa: E402
+from triune_trl.runs.preflight import FAIL, OK, WARN, Report, check_vllm_server  # noqa: E402
+from triune_trl.runs.train import make_parser  # noqa: E402
 from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
-from triune_trl.training import make_parser  # noqa: E402
-from triune_trl.vllm_http_weights import BACKEND, HTTPUpdateInfo, update_chunks  # noqa: E402
-from triune_trl.vllm_serve import reachable_hosts, vllm_metadata_shim  # noqa: E402
-from triune_trl.vllm_server_client import TriuneVLLMClient, VLLMServerError  # noqa: E402
 
 RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_cpu_vllm_server.yaml"
 MAX_MODEL_LEN = 1024

@@ -14,9 +14,9 @@ from triune_trl.data import ImageSizing, load_data_config, load_split, make_imag
 from triune_trl.data.ablation import BLANK_COLOUR, blank_image_copy
 from triune_trl.data.make_sample import CANVAS, SAMPLE_SOURCES, make_sample_dataset
 from triune_trl.errors import DataError
+from triune_trl.models.tiny import LEARN_SPEC, TinySpec
 from triune_trl.rewards import score_sample
-from triune_trl.tiny import LEARN_SPEC, TinySpec
-from triune_trl.warm_start import build_sft_dataset, make_parser, sft_target
+from triune_trl.runs.warm_start import build_sft_dataset, make_parser, sft_target
 
 RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_warm_start.yaml"
 
@@ -170,7 +170,7 @@ def test_blank_image_copy_keeps_sizes_and_everything_but_the_pixels(sample_root:
 def test_max_train_seconds_ends_training_after_the_step_that_ran_out(
     tiny_model_dir: Path, sample_data_dir: Path, tmp_path: Path
 ) -> None:
-    from triune_trl.warm_start import run
+    from triune_trl.runs.warm_start import run
 
     config = write_data_config(tmp_path / "data.yaml", sample_data_dir, ["train/*.parquet"])
     args = make_parser().parse_args_and_config(
@@ -186,7 +186,7 @@ def test_learn_preset_sees_the_sample_canvas_as_64_tokens_with_short_prompts() -
     """The learn model's processor keeps a 224 px image at 8 x 8 merged tokens; its BPE knows the task prompts."""
     import random
 
-    from triune_trl.tiny import build_processor
+    from triune_trl.models.tiny import build_processor
 
     learn, test = build_processor(LEARN_SPEC), build_processor(TinySpec())
     image = Image.new("RGB", (CANVAS, CANVAS), (255, 255, 255))

@@ -8,8 +8,9 @@ tiny model, freed before the next.
 Every family trains on rows ordered text-only, image, image, text-only without shuffling, one prompt group per rank
 and step (per-device batch = num_generations = 2): in step 1 rank 0 holds the text-only prompt while rank 1 holds an
 image, in step 2 the other way round. Under ZeRO-3 the ranks must gather the same modules in the same order, which
-the vision alignment (`triune_trl.image_less_forwards`, Qwen3-VL's deepstack included) provides; DeepSpeed compares
-the ranks' recorded module traces at the start of the next step, so step 2 checks step 1, and the end of the family
+the vision alignment (`triune_trl.trainer.image_less_forwards`, Qwen3-VL's deepstack included) provides; DeepSpeed
+compares the ranks' recorded module traces at the start of the next step, so step 2 checks step 1, and the end of the
+family
 (a final gather of the weights) checks step 2. Each family then saves its final folder as `triune train` does
 (`save_final_model`: ZeRO-3 gathers the 16-bit weights, Qwen3-VL-MoE's experts are rewritten in the released
 layout). Each rank writes, per family, what it saw to
@@ -30,10 +31,10 @@ from transformers import AutoProcessor
 
 from triune_trl.configs import TriuneGRPOConfig
 from triune_trl.data import ImageSizing, load_data_config, load_split
-from triune_trl.distributed import apply_cpu_distributed_shim
-from triune_trl.image_less_forwards import VisionAlignment
+from triune_trl.runs.train import save_final_model
 from triune_trl.trainer import TriuneGRPOTrainer
-from triune_trl.training import save_final_model
+from triune_trl.trainer.distributed import apply_cpu_distributed_shim
+from triune_trl.trainer.image_less_forwards import VisionAlignment
 
 
 def _alternating_rows(dataset):

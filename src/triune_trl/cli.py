@@ -10,8 +10,8 @@
     triune serve-rewards --port 8192 --workers 4 [--token-file F]
     triune vllm-serve --model MODEL [--port 8000 --max_model_len 10240 ...]
 
-Each package registers its own subcommands (`data/cli.py`, `server/cli.py`, ...; `score_file.py` and `evaluation.py`
-for `triune reward score` and `triune eval`); this module only assembles them.
+Each package registers its own subcommands (`server/cli.py`, `monitoring/cli.py`, and `runs/` for the rest);
+this module only assembles them.
 Heavy imports (torch, transformers, TRL) happen inside each command so `triune --help` answers at once. Errors
 this package raises on purpose (bad data, bad input lines) end the command with their message and exit code 1,
 without a traceback: the message already names the file, row and field.
@@ -27,7 +27,7 @@ from .errors import TriuneError
 
 
 def _train(argv: list[str]) -> int:
-    from .training import parse_args, run
+    from .runs.train import parse_args, run
 
     script_args, training_args, model_args = parse_args(argv)
     run(script_args, training_args, model_args)
@@ -36,7 +36,7 @@ def _train(argv: list[str]) -> int:
 
 def _warm_start(argv: list[str]) -> int:
     from .checks import parse_recipe_args
-    from .warm_start import make_parser, run
+    from .runs.warm_start import make_parser, run
 
     script_args, training_args, model_args = parse_recipe_args(make_parser(), argv, "triune warm-start")
     run(script_args, training_args, model_args)
@@ -45,7 +45,7 @@ def _warm_start(argv: list[str]) -> int:
 
 def _pretrain(argv: list[str]) -> int:
     from .checks import parse_recipe_args
-    from .pretrain import make_parser, run
+    from .runs.pretrain import make_parser, run
 
     script_args, training_args, model_args = parse_recipe_args(make_parser(), argv, "triune pretrain")
     run(script_args, training_args, model_args)
@@ -53,13 +53,13 @@ def _pretrain(argv: list[str]) -> int:
 
 
 def _preflight(argv: list[str]) -> int:
-    from .preflight import run_preflight
+    from .runs.preflight import run_preflight
 
     return run_preflight(argv)
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import PRESETS, build_tiny_model, is_tiny_model_dir
+    from .models.tiny import PRESETS, build_tiny_model, is_tiny_model_dir
 
     if is_tiny_model_dir(args.out) and not args.force:
         print(f"{args.out} already holds a model; pass --force to rebuild it")
@@ -70,12 +70,12 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cli import register as register_data
-    from .evaluation import register as register_evaluation
+    from .generation.serve import register as register_vllm_serve
     from .monitoring.cli import register as register_monitoring
-    from .score_file import register as register_rewards
+    from .runs.data_tools import register as register_data
+    from .runs.evaluate import register as register_evaluation
+    from .runs.score_file import register as register_rewards
     from .server.cli import register as register_server
-    from .vllm_serve import register as register_vllm_serve
 
     parser = SuggestingArgumentParser(prog="triune", description="V-Triune on TRL: train, data, rewards, tiny model.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for images, reward and vLLM servers; exit 1 on anything that would stop the run (no GPU, no weights)",
         add_help=False,
     )
-    from .tiny import DEFAULT_FAMILY, FAMILIES
+    from .models.tiny import DEFAULT_FAMILY, FAMILIES
 
     tiny = commands.add_parser(
         "tiny-model", help="build a tiny offline Qwen VLM (model + processor), Qwen2.5-VL unless --family says"
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "pretrain":
             return _pretrain(argv[1:])
         if argv and argv[0] == "vllm-serve":
-            from .vllm_serve import serve
+            from .generation.serve import serve
 
             return serve(argv[1:])
         SuggestingArgumentParser.argv = argv  # every (sub)parser's error then names the closest known option

@@ -3,6 +3,9 @@
 Readers: Orsta-Data-47k parquet (`orsta`), OmniRL JSON, VLM-R1 JSONL and native JSONL (`formats`). Data configs
 (`config`) list files per split with per-file options; `loader` validates every row, applies weights and CoT
 prompts (`cot_prompts`) and decodes images lazily (`images`).
+
+May import: `errors` and `rewards` (to validate reward specs). Nothing above: a model family's image sizing is
+`models.tiny.Family.image_sizing`, which builds on this package.
 """
 
 from triune_trl.data.config import DataConfig, FileEntry, load_data_config, load_split

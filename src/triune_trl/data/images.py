@@ -10,7 +10,7 @@
    patch_size × merge_size within its own min/max pixels. The detection verifier needs that final size, so readers
    compute it once, from the image header alone, with transformers' own `smart_resize`. Nothing here assumes a
    patch size: training reads it from the processor (`ImageSizing.from_processor`), the data tools from
-   `--processor` or `--family` (`ImageSizing.for_family`).
+   `--processor` or `--family` (`Family.image_sizing` in `models.tiny`).
 
 Decoding follows `datasets.Image` (EXIF orientation applied when the tag is present), because the release read its
 images through `datasets`; RGB conversion comes after the rescale, in the release's order.
@@ -140,7 +140,7 @@ class ImageSizing:
     """How the processor resizes an image: multiples of `factor` (patch_size × merge_size) within min/max pixels.
 
     The defaults are Qwen2.5-VL's (14 px patches merged 2 × 2, 4 to 1280 tokens); `from_processor` reads a real
-    processor, `for_family` gives another family's patching with the same token bounds.
+    processor, `for_token_side` another family's patching with the same token bounds.
     """
 
     factor: int = 28
@@ -148,14 +148,10 @@ class ImageSizing:
     max_pixels: int = 28 * 28 * 1280
 
     @classmethod
-    def for_family(cls, family: str) -> ImageSizing:
-        """A model family's sizing (`triune_trl.tiny.FAMILIES`: qwen2.5-vl, qwen3-vl, ...) without loading a
-        processor: its patch_size × merge_size (28 or 32 px per token) and the default bounds in tokens (4 to
-        1280). ValueError naming the known families for any other name. A checkpoint's own bounds need its
-        processor (`from_processor`)."""
-        from triune_trl.tiny import get_family
-
-        factor = get_family(family).token_side
+    def for_token_side(cls, factor: int) -> ImageSizing:
+        """The sizing of a family whose merged vision token covers `factor` x `factor` pixels (28 or 32), with the
+        default bounds in tokens (4 to 1280); `models.tiny.Family.image_sizing` gives a named family's. A
+        checkpoint's own bounds need its processor (`from_processor`)."""
         tokens = cls()
         scale = factor * factor
         return cls(

@@ -28,7 +28,7 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from triune_trl.data import formats, orsta
+from triune_trl.data import formats, parquet
 from triune_trl.data.cot_prompts import append_to_last_turn, cot_instruction, row_rng
 from triune_trl.data.images import ImageResize, ImageSizing, ReleaseRescale, load_image
 from triune_trl.data.options import FileOptions, FileSpec
@@ -133,7 +133,7 @@ def resolve_format(spec: FileSpec) -> tuple[str | None, Problem | None]:
 def iter_file_records(spec: FileSpec, fmt: str) -> tuple[int, Iterator[tuple[int | None, dict | None, list[Problem]]]]:
     """(expected row count, iterator of (row, record, conversion problems)) for a file of a known format."""
     if fmt == "orsta":
-        return orsta.parquet_rows(spec.path), orsta.iter_parquet_records(spec.path)
+        return parquet.parquet_rows(spec.path), parquet.iter_parquet_records(spec.path)
     rows, read_problems = formats.read_json_rows(spec.path)
     image_root = spec.options.image_root if spec.options.image_root is not None else spec.path.parent
     convert = formats.CONVERTERS[fmt]
@@ -166,7 +166,7 @@ def scan_files(
     """Read and check every row of every file; nothing is written anywhere."""
     checker = checker if checker is not None else SpecChecker()
     scans = []
-    with progress_bar(sum(orsta.parquet_rows(s.path) for s in specs if s.path.suffix == ".parquet"), desc) as bar:
+    with progress_bar(sum(parquet.parquet_rows(s.path) for s in specs if s.path.suffix == ".parquet"), desc) as bar:
         for spec in specs:
             fmt, problem = resolve_format(spec)
             scan = FileScan(spec, fmt, images=None if fmt == "orsta" else [])
@@ -245,13 +245,13 @@ def _file_dataset(
     features = datasets.Features(_STORED_FEATURES)
     image_column = None
     if scan.images is not None:
-        columns["images"], features["images"] = scan.images, orsta.IMAGE_COLUMN_TYPE
-    elif orsta.has_image_column(scan.spec.path):
-        image_column, why = orsta.read_image_column(scan.spec.path, cache_dir)
+        columns["images"], features["images"] = scan.images, parquet.IMAGE_COLUMN_TYPE
+    elif parquet.has_image_column(scan.spec.path):
+        image_column, why = parquet.read_image_column(scan.spec.path, cache_dir)
         if image_column is None:
             raise_problems([LocatedProblem(str(scan.spec.path), None, Problem("images", why))])
     else:
-        columns["images"], features["images"] = [[] for _ in scan.plans], orsta.IMAGE_COLUMN_TYPE
+        columns["images"], features["images"] = [[] for _ in scan.plans], parquet.IMAGE_COLUMN_TYPE
     dataset = datasets.Dataset.from_dict(columns, features=features)
     if image_column is not None:
         dataset = datasets.concatenate_datasets([image_column, dataset], axis=1)

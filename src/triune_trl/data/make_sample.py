@@ -144,7 +144,8 @@ class Example:
     answer: str  # the raw answer
     ground_truth: str  # the formatted gold the verifier parses
     # What a reader of the image writes before answering, grounded in what was drawn ("c3 red circle 1, c9 red
-    # square 2" for a count): the warm start's `<think>` text (triune_trl.pretrain). Not stored in the parquet rows.
+    # square 2" for a count): the warm start's `<think>` text (triune_trl.runs.pretrain). Not stored in the parquet
+    # rows.
     reasoning: str = ""
 
 

@@ -1,4 +1,4 @@
-"""`triune plot`: draw a run's per-source curves (`triune eval` lives with the evaluation, in `evaluation.py`)."""
+"""`triune plot`: draw a run's per-source curves (`triune eval` lives with the evaluation, in `runs/evaluate.py`)."""
 
 from __future__ import annotations
 

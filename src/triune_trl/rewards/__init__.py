@@ -4,6 +4,8 @@ Importing the package registers the built-in verifiers: the release's `mathverif
 paper names that the release scored with those two (`ocr`, `counting`, `numeric`, `choice`, `grounding`), OmniRL's
 `text_overlap` and `length`, `format`, and `tag` (the learnable demo task), one module each in `verifiers/`. See
 docs/rewards.md for every verifier's parameters and each module's docstring for its semantics.
+
+May import: `errors` only. It is the bottom of the package: data, monitoring and the reward server build on it.
 """
 
 from triune_trl.rewards import verifiers  # noqa: F401  (registration side effect)

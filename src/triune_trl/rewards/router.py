@@ -159,7 +159,7 @@ class RewardRouter:
 
     `completion_prefix` is prepended to every completion before scoring: the opening tag a chat template pre-fills
     in the assistant turn (`<think>\n` for Qwen3.5's thinking template, "" otherwise; set by `TriuneGRPOTrainer`
-    from `triune_trl.prefill.completion_prefill`), so the verifiers see the whole turn (docs/rewards.md).
+    from `triune_trl.models.prefill.completion_prefill`), so the verifiers see the whole turn (docs/rewards.md).
     """
 
     completion_prefix: str = ""

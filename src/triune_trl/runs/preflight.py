@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
 
 CPU_PARSE = ["--use_cpu", "true"]  # parse on this host (no accelerator needed); bf16 stays as the recipe says
 HTTP_TIMEOUT = 5.0
@@ -62,9 +62,9 @@ def _mib(n: float) -> str:
 
 def check_data(report: Report, script_args, training_args, processor) -> dict[str, float]:
     """Data validation and prompt tokens; returns facts the geometry and memory sections need."""
-    from .data import ImageSizing, load_data_config, make_image_resize
-    from .data.loader import kept_positions, prompt_tokens, scan_files
-    from .data.prompt_length import PromptTokenCounter
+    from ..data import ImageSizing, load_data_config, make_image_resize
+    from ..data.loader import kept_positions, prompt_tokens, scan_files
+    from ..data.prompt_length import PromptTokenCounter
 
     sizing = ImageSizing.from_processor(processor)
     rescale = make_image_resize(
@@ -201,8 +201,8 @@ def check_reward_servers(report: Report, script_args) -> None:
     if not script_args.uses_reward_servers:
         report.add("servers", "reward servers", "none: rewards in local worker processes")
         return
-    from .server.client import read_client_token
-    from .server.discovery import discover_urls, parse_server_urls
+    from ..server.client import read_client_token
+    from ..server.discovery import discover_urls, parse_server_urls
 
     try:
         urls = parse_server_urls(script_args.reward_server_urls) if script_args.reward_server_urls else []
@@ -296,8 +296,8 @@ def run_preflight(argv: Sequence[str]) -> int:
     import datasets
     from transformers import AutoProcessor
 
-    from .checks import parse_recipe_args
-    from .training import check_length_budget, make_parser
+    from ..checks import parse_recipe_args
+    from .train import check_length_budget, make_parser
 
     # as `triune train` parses: a mistyped option or recipe key is one UsageError line (cli.main), not a traceback
     script_args, training_args, model_args = parse_recipe_args(

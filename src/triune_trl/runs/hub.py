@@ -9,7 +9,7 @@ writes three files next to the weights and the processor:
   it), and how to reproduce the run;
 - `triune_recipe.yaml`: every option of the run that differs from its default, readable by
   `recipes/grpo_triune.py --config` (so the card's reproduce command is exact);
-- `triune_run.json`: the facts the card is rendered from, so `python -m triune_trl.hub` can re-render it later with
+- `triune_run.json`: the facts the card is rendered from, so `python -m triune_trl.runs.hub` can re-render it later with
   an evaluation table and push.
 
 The push itself goes through an `Uploader`: `HubUploader` calls `huggingface_hub` (create the repo, one commit of the
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from .errors import TriuneError
+from ..errors import TriuneError
 
 RECIPE_FILE = "triune_recipe.yaml"
 FACTS_FILE = "triune_run.json"
@@ -424,9 +424,9 @@ def push_checkpoint(output_dir: Path, repo_id: str, uploader: Uploader, commit_m
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m triune_trl.hub OUTPUT_DIR --repo-id ORG/NAME [--eval-table eval.md] [--to-folder DIR]`."""
+    """`python -m triune_trl.runs.hub OUTPUT_DIR --repo-id ORG/NAME [--eval-table eval.md] [--to-folder DIR]`."""
     parser = argparse.ArgumentParser(
-        prog="python -m triune_trl.hub",
+        prog="python -m triune_trl.runs.hub",
         description="Re-render the model card of a finished run (optionally with `triune eval`'s per-source table) "
         "and push the checkpoint to the Hub, or to a local folder with --to-folder.",
     )

@@ -14,7 +14,7 @@ no accelerator is present and the launcher started more than one rank, those ran
 `MULTI_CPU` type over gloo, exactly what `cpu=True` would have chosen. DeepSpeed then initialises its communication
 over gloo and sees the real world size. The wrapper changes nothing when an accelerator is present, when a backend
 was found, or in a single-process run. It must be applied before the first `PartialState` is created, which
-`GRPOConfig.__post_init__` already does (it reads `world_size`): `triune_trl.training.make_parser` applies it.
+`GRPOConfig.__post_init__` already does (it reads `world_size`): `triune_trl.runs.train.make_parser` applies it.
 
 `check_world_size()` is the backstop: if the trainer's world size still differs from the launcher's `WORLD_SIZE`
 (the shim was disabled, or a `GRPOConfig` was built before it was applied), the run stops with what to do instead of
@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from .errors import TriuneError
+from ..errors import TriuneError
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,6 @@ def check_world_size(trainer_world_size: int) -> None:
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but the trainer sees a world size of "
             f"{trainer_world_size}: every process would train its own copy of the run. On a host without GPUs pass "
             f"`--use_cpu true` (torchrun / accelerate DDP) or launch through recipes/grpo_triune.py or `triune train`, "
-            f"which apply triune_trl.distributed.apply_cpu_distributed_shim before the config is parsed (unset "
+            f"which apply triune_trl.trainer.distributed.apply_cpu_distributed_shim before the config is parsed (unset "
             f"{DISABLE_ENV}). On a GPU host, check that the GPUs are visible to every process."
         )

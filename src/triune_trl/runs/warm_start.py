@@ -33,7 +33,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
 
 __all__ = ["WallTimeLimit", "WarmStartArguments", "build_sft_dataset", "make_parser", "run", "sft_target"]
 
@@ -83,7 +83,7 @@ class WarmStartArguments:
 
 def _boxes_in_pixels(ground_truth: str, image_size: tuple[int, int]) -> str:
     """The gold's 0-1000 boxes as the pixel boxes of the model's image that normalise back to them (or closest)."""
-    from .rewards.boxes import parse_answer_boxes
+    from ..rewards.boxes import parse_answer_boxes
 
     width, height = image_size
     boxes = parse_answer_boxes(ground_truth)
@@ -118,7 +118,7 @@ def sft_target(reward_model: dict[str, Any], image_size: tuple[int, int] | None)
         return gold
     raise DataError(
         f"the warm start writes targets for the verifiers {', '.join(SUPPORTED_VERIFIERS)}; got {verifier!r}. "
-        "Drop those rows with --data_sources or add the verifier's target to triune_trl.warm_start.sft_target"
+        "Drop those rows with --data_sources or add the verifier's target to triune_trl.runs.warm_start.sft_target"
     )
 
 
@@ -127,7 +127,7 @@ def build_sft_dataset(dataset, rescale, data_sources: list[str] | None = None):
 
     `rescale` is the resize `load_split` was given, applied again when images are decoded.
     """
-    from .data.loader import RowDecoder
+    from ..data.loader import RowDecoder
 
     raw = dataset.with_format(None)
     if data_sources:
@@ -202,8 +202,8 @@ def build_trainer(script_args: WarmStartArguments, training_args, model_args):
     from transformers import AutoModelForImageTextToText, set_seed
     from trl import SFTTrainer
 
-    from .checks import check_data_root, check_model_path, load_processor
-    from .data import ImageSizing, load_data_config, load_split, make_image_resize
+    from ..checks import check_data_root, check_model_path, load_processor
+    from ..data import ImageSizing, load_data_config, load_split, make_image_resize
 
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required (e.g. artifacts/tiny-qwen2.5-vl-learn)")

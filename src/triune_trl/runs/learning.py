@@ -12,7 +12,7 @@ not have:
   two evaluations on the same rows is given the independent-samples bound `sqrt(se_a^2 + se_b^2)`, which is
   conservative for paired rows.
 
-    python -m triune_trl.learning --data-config data_configs/sample_learn.yaml \\
+    python -m triune_trl.runs.learning --data-config data_configs/sample_learn.yaml \\
         --before artifacts/warm_start/eval_test --after outputs/tiny_learn/eval_test
 """
 
@@ -51,8 +51,8 @@ def accuracies(results_json: str | Path) -> dict[str, tuple[float, int]]:
 
 def majority_baselines(data_config: str, data_root: str | None = None, sizing=None) -> dict[str, float]:
     """Per source: mean test accuracy of always answering the most frequent train gold (see the module docstring)."""
-    from .data import ImageSizing, load_data_config, load_split, make_image_resize
-    from .rewards import score_sample
+    from ..data import ImageSizing, load_data_config, load_split, make_image_resize
+    from ..rewards import score_sample
     from .warm_start import sft_target
 
     config = load_data_config(data_config, data_root=data_root)
@@ -134,7 +134,7 @@ def to_markdown(rows: Mapping[str, Mapping[str, float]], extra: Sequence[str] = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triune_trl.learning", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m triune_trl.runs.learning", description=__doc__.split("\n")[0])
     parser.add_argument("--before", required=True, help="`triune eval` output folder (or results.json) before RL")
     parser.add_argument("--after", required=True, help="the same after RL")
     parser.add_argument("--data-config", required=True, help="the data config evaluated (for the majority baseline)")
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.processor:
         from transformers import AutoProcessor
 
-        from .data import ImageSizing
+        from ..data import ImageSizing
 
         sizing = ImageSizing.from_processor(AutoProcessor.from_pretrained(args.processor))
     baselines = majority_baselines(args.data_config, args.data_root, sizing)

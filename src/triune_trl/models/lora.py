@@ -31,7 +31,7 @@ from typing import Any
 
 from trl import ModelConfig
 
-from .errors import UsageError
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ without CUDA raises NotImplementedError (NCCL only). `TriuneVLLMClient` reads th
 from `/server_info` and:
 
 - `nccl` (GPU servers, the default there): TRL's NCCL path, unchanged;
-- `triune_http` (`triune vllm-serve` on a host without CUDA; `triune_trl.vllm_http_weights`): no communicator; each
-  sync posts the weights to `/update_weights` in chunks, between `/start_weight_update` and `/finish_weight_update`.
+- `triune_http` (`triune vllm-serve` on a host without CUDA; `triune_trl.generation.http_weights`): no communicator;
+  each sync posts the weights to `/update_weights` in chunks, between `/start_weight_update` and
+  `/finish_weight_update`.
 
 After every sync (TRL calls `reset_prefix_cache`) it also resets the server's encoder cache: vLLM keeps vision
 embeddings by image hash across requests, and no weight-transfer path of vLLM 0.31 clears them, so an image seen
@@ -36,8 +37,8 @@ from requests.adapters import HTTPAdapter
 from trl.generation.vllm_client import VLLMClient
 from urllib3.util.retry import Retry
 
-from .errors import TriuneError
-from .vllm_http_weights import BACKEND, DEFAULT_CHUNK_BYTES, PROTOCOL, update_chunks
+from ..errors import TriuneError
+from .http_weights import BACKEND, DEFAULT_CHUNK_BYTES, PROTOCOL, update_chunks
 
 logger = logging.getLogger(__name__)
 

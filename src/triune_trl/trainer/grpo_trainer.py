@@ -30,32 +30,33 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    log-probs are computed; otherwise the forward pass takes them for image slots and fails, or trains on noise.
 6. An update whose gradient norm is NaN or infinite is skipped and counted: its gradients are dropped before
    `optimizer.step()`, or under DeepSpeed, which steps inside backward, its own check refuses it
-   (`triune_trl.nonfinite`).
+   (`triune_trl.trainer.nonfinite`).
 7. Greedy decoding during evaluation, and a train sampler whose epoch order survives a resume.
-8. Micro-batches without images (`triune_trl.image_less_forwards`): a text-only micro-batch cut from a batch with
-   images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a forward
+8. Micro-batches without images (`triune_trl.trainer.image_less_forwards`): a text-only micro-batch cut from a batch
+   with images gets 0-row image tensors, which the vision tower fails on; they become None. Under ZeRO-3 / FSDP a
+   forward
    without images also runs the vision tower on a dummy image with weight 0: parameters are gathered per module,
    so a text-only rank next to an image rank would otherwise abort the job.
-9. vLLM (`triune_trl.vllm_prompts`): in colocate mode, image prompts reach vLLM with one placeholder per image
+9. vLLM (`triune_trl.generation.prompts`): in colocate mode, image prompts reach vLLM with one placeholder per image
    (TRL sends the processor-expanded ids, which vLLM expands a second time). A completion whose vision pad was
    replaced (5.) keeps no vLLM log-prob from that token on (they were sampled after the pad, which the trainer does
    not score), as TRL drops those vLLM could not score. On vLLM's CPU platform TRL's per-parameter weight sync
-   fails, so it goes through vLLM's `reload_weights` (`triune_trl.vllm_cpu_sync`); GPU platforms keep TRL's. On
+   fails, so it goes through vLLM's `reload_weights` (`triune_trl.generation.cpu_sync`); GPU platforms keep TRL's. On
    every platform and in every mode, fused MoE experts that transformers keeps transposed in memory (Qwen3-VL-MoE)
-   are handed to vLLM in the released checkpoint layout its loader expects (`triune_trl.expert_layout`).
+   are handed to vLLM in the released checkpoint layout its loader expects (`triune_trl.models.expert_layout`).
 10. Images are decoded once per generation round (`triune_trl.data.deferred_images`): TRL's train DataLoader
    yields the whole generation batch at every micro-step, so the train loader reads rows without their images and
    a round's images are decoded when it generates.
 11. A generation round's buffered image tensors wait in host memory, not on the accelerator, until their
-   micro-batch (`triune_trl.image_buffers`). TRL still moves the whole round's `pixel_values` to the accelerator
+   micro-batch (`triune_trl.trainer.image_buffers`). TRL still moves the whole round's `pixel_values` to the accelerator
    while it generates and scores, so this shortens how long they stay there, not the peak.
 12. Console and tracker callbacks (`triune_trl.monitoring.trackers.adjust_callbacks`, when the trainer is built):
    transformers' printed dict of every key (hundreds per step with per-source metrics) gives way to a headline line
    and a per-source table, and MLflow's callback to one that renames `reward` to `reward/all` next to
    `reward/<source>`, which MLflow's file store would otherwise refuse, losing the step's metrics.
 13. A chat template that pre-fills an opening tag in the assistant turn (Qwen3.5's `<think>\n`): the reward
-   router scores `prefill + completion`, so V-Triune's think/answer format can be met (`triune_trl.prefill`).
-14. vLLM server mode (`triune_trl.vllm_server_client`): while TRL builds the trainer (its client connects and opens
+   router scores `prefill + completion`, so V-Triune's think/answer format can be met (`triune_trl.models.prefill`).
+14. vLLM server mode (`triune_trl.generation.client`): while TRL builds the trainer (its client connects and opens
    the weight transfer in `GRPOTrainer.__init__`), its `VLLMClient` is `TriuneVLLMClient`, which syncs over HTTP
    when the server runs the `triune_http` backend (`triune vllm-serve` on a CPU host: TRL's sync is NCCL only),
    keeps TRL's NCCL path otherwise, resets the server's encoder cache after each sync, and ends the run with one
@@ -79,18 +80,19 @@ from transformers import ProcessorMixin
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from .configs import FREEZABLE_MODULES, TriuneGRPOConfig
-from .data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_refs, resolve_images
-from .expert_layout import send_released_layout
+from ..configs import FREEZABLE_MODULES, TriuneGRPOConfig
+from ..data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_refs, resolve_images
+from ..generation.client import use_server_client
+from ..generation.cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
+from ..generation.prompts import collapse_placeholder_runs, drop_replaced_logprobs
+from ..models.expert_layout import send_released_layout
+from ..models.prefill import completion_prefill
+from ..monitoring.collector import SourceMonitor, current_iou_threshold
+from ..monitoring.eval_table import completion_records
+from ..monitoring.trackers import adjust_callbacks
 from .image_buffers import offload, onload
 from .image_less_forwards import prepare_image_less_forwards
-from .monitoring.collector import SourceMonitor, current_iou_threshold
-from .monitoring.trackers import adjust_callbacks
 from .nonfinite import check_deepspeed_config, drop_update
-from .prefill import completion_prefill
-from .vllm_cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
-from .vllm_prompts import collapse_placeholder_runs, drop_replaced_logprobs
-from .vllm_server_client import use_server_client
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +242,8 @@ class TriuneGRPOTrainer(GRPOTrainer):
             super().__init__(*args, processing_class=processing_class, **kwargs)
         adjust_callbacks(self)  # 12. above
         self._source_monitor = SourceMonitor()
+        # set to a list to keep every evaluated completion with its row and scores (`triune eval`'s completions.jsonl)
+        self.eval_completions: list[dict] | None = None
         # TRL's own image gather is one-sided on mixed-modality ranks (see 2. above); ours runs on every rank.
         self._log_images = self.log_multimodal and self.log_completions
         self.log_multimodal = False
@@ -268,7 +272,7 @@ class TriuneGRPOTrainer(GRPOTrainer):
 
     def _set_completion_prefix(self) -> None:
         """Rewards score `prefill + completion` when the chat template pre-fills an opening tag (Qwen3.5's
-        `<think>\n`), so the release's think/answer format can be met (triune_trl.prefill, docs/rewards.md)."""
+        `<think>\n`), so the release's think/answer format can be met (triune_trl.models.prefill, docs/rewards.md)."""
         if self._router is None:
             return
         prefix = completion_prefill(self.processing_class, self.chat_template_kwargs)
@@ -386,6 +390,8 @@ class TriuneGRPOTrainer(GRPOTrainer):
         )
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         self._source_monitor.add(mode, gather_object(records), combined.tolist(), group_size)
+        if mode == "eval" and self.eval_completions is not None:
+            self.eval_completions.extend(gather_object(completion_records(inputs, completions, scores)))
         if self._log_images:
             self._logs["images"].extend(gather_object([list(row.get("images") or []) for row in inputs]))
         return rewards_per_func

@@ -1,5 +1,8 @@
 """`triune data ...` subcommands.
 
+It sits in `runs/`, not in `data/`, because the image sizes it reports depend on the model family (`--family`),
+which `models/` knows and `data/` may not import.
+
     triune data make-sample OUT                          the bundled sample set (Orsta schema)
     triune data validate PATH... [--data-config F]       every problem, one `FILE:ROW: field: message` line each
     triune data inspect FILE                             schema, per-source counts, a few rows as text
@@ -22,13 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from triune_trl.errors import DataError
+from ..errors import DataError
 
 _RESIZE_RULES = ("release", "qwen-vl", "none")
 
 
 def _make_sample(args: argparse.Namespace) -> int:
-    from .make_sample import make_sample_dataset
+    from ..data.make_sample import make_sample_dataset
 
     files = make_sample_dataset(Path(args.out), seed=args.seed, train_rows=args.train_rows, test_rows=args.test_rows)
     for path in files:
@@ -38,9 +41,10 @@ def _make_sample(args: argparse.Namespace) -> int:
 
 
 def _sizing_and_resize(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .images import ImageSizing, make_image_resize
+    from ..data.images import ImageSizing, make_image_resize
+    from ..models.tiny import get_family
 
-    sizing = ImageSizing.for_family(args.family)
+    sizing = get_family(args.family).image_sizing()
     if args.processor:
         from transformers import AutoProcessor
 
@@ -49,14 +53,14 @@ def _sizing_and_resize(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _config(args: argparse.Namespace):
-    from .config import load_data_config
+    from ..data.config import load_data_config
 
     return load_data_config(args.data_config, data_root=args.data_root) if args.data_config else None
 
 
 def _spec(path: str, config, args: argparse.Namespace):
     """A file's spec: the matching config entry's options, then the flags that were given."""
-    from .options import FileOptions, FileSpec, RewardDefaults
+    from ..data.options import FileOptions, FileSpec, RewardDefaults
 
     spec = config.spec_for(path) if config is not None else None
     spec = spec or FileSpec(Path(path), FileOptions())
@@ -89,7 +93,7 @@ def _has_flags(args: argparse.Namespace) -> bool:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .loader import validate_files
+    from ..data.loader import validate_files
 
     specs = _specs(args, args.paths)
     sizing, resize = _sizing_and_resize(args)
@@ -108,7 +112,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .stats import inspect_file
+    from ..data.stats import inspect_file
 
     (spec,) = _specs(args, [args.path])
     sizing, resize = _sizing_and_resize(args)
@@ -127,7 +131,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .stats import config_stats
+    from ..data.stats import config_stats
 
     specs = _specs(args, [])
     sizing, resize = _sizing_and_resize(args)
@@ -146,7 +150,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert_to_orsta
+    from ..data.convert import convert_to_orsta
 
     (spec,) = _specs(args, [args.input])
     sizing, resize = _sizing_and_resize(args)
@@ -170,7 +174,7 @@ def _file_flags(parser: argparse.ArgumentParser, *, config_only: bool = False) -
     parser.add_argument("--data-source", help="data_source of rows without one (default: the file's stem)")
     parser.add_argument("--processor", help="local processor/model folder whose image sizing to use "
                                             "(wins over --family)")
-    from triune_trl.tiny import DEFAULT_FAMILY, FAMILIES  # stdlib-only at import time
+    from ..models.tiny import DEFAULT_FAMILY, FAMILIES  # stdlib-only at import time
 
     parser.add_argument("--family", choices=tuple(FAMILIES), default=DEFAULT_FAMILY,
                         help="model family whose patching sizes the images when no --processor is given: qwen2.5-vl "

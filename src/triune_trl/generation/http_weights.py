@@ -7,7 +7,7 @@ trainer stops in `init_communicator` (NotImplementedError). vLLM's backends are 
 entry point; setup.py points that entry point at `register` below, so a server started with
 `--weight-transfer-config '{"backend": "triune_http"}'` (what `triune vllm-serve` passes on a host without CUDA)
 accepts this transport on the same `/init_weight_transfer_engine`, `/start_weight_update`, `/update_weights`,
-`/finish_weight_update` routes TRL already calls. The trainer side is `triune_trl.vllm_server_client`.
+`/finish_weight_update` routes TRL already calls. The trainer side is `triune_trl.generation.client`.
 
 The wire. Each `/update_weights` request carries a chunk of tensors in its JSON body: names, vLLM dtype names,
 shapes and each tensor's raw bytes in base64 (4 bytes of text for 3 of tensor: the body is 1.33 x the tensor bytes,
@@ -181,7 +181,7 @@ class HTTPWeightTransferEngine(WeightTransferEngine[HTTPInitInfo, HTTPUpdateInfo
         """Close the reload (repack), then what it leaves stale: a tied output layer, CPU fused-MoE experts."""
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        from .vllm_cpu_sync import finish_weight_reload
+        from .cpu_sync import finish_weight_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
         finish_weight_reload(self.model)  # tied output layer, CPU fused-MoE experts

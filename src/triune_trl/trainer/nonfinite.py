@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 class NonFiniteUpdateError(RuntimeError):

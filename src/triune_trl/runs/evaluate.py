@@ -1,7 +1,9 @@
 """Decoupled evaluation of a checkpoint: greedy decoding over a split, scored by the training router, per source.
 
 It is the evaluation a run does every `eval_steps` (`TriuneGRPOTrainer` in eval mode: greedy, one completion per
-prompt, the same per-source metrics), run on its own so any saved checkpoint can be scored after training.
+prompt, the same per-source metrics), run on its own so any saved checkpoint can be scored after training. Beside
+the tables it writes every completion (`completions.jsonl`: source, row, prompt, answer, gold, scores), because a
+number that looks wrong is first checked by reading the answers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checks import check_data_root, check_model_path, load_processor
-from .errors import DataError
+from ..checks import check_data_root, check_model_path, load_processor
+from ..errors import DataError
 
 __all__ = ["evaluate_checkpoint", "register"]
 
@@ -45,11 +47,11 @@ def evaluate_checkpoint(
     check_data_root(data_root, "--data-root")
     import torch
 
-    from .configs import TriuneGRPOConfig
-    from .data import ImageSizing, ReleaseRescale, load_data_config, load_split
-    from .monitoring.eval_table import per_source_table, write_tables
-    from .rewards import RewardRouter
-    from .trainer import TriuneGRPOTrainer
+    from ..configs import TriuneGRPOConfig
+    from ..data import ImageSizing, ReleaseRescale, load_data_config, load_split
+    from ..monitoring.eval_table import per_source_table, write_completions, write_tables
+    from ..rewards import RewardRouter
+    from ..trainer.grpo_trainer import TriuneGRPOTrainer
 
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
@@ -63,6 +65,8 @@ def evaluate_checkpoint(
         raise DataError(f"{data_config}: the data config lists no {split!r} files; add a `{split}:` section")
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
+    # the row's position in the split, for completions.jsonl: TRL's eval sampler does not keep the split's order
+    dataset = dataset.add_column("row", list(range(len(dataset))))
     args = TriuneGRPOConfig(
         output_dir=str(out_dir),
         report_to="none",
@@ -87,6 +91,7 @@ def evaluate_checkpoint(
         eval_dataset=dataset,
         processing_class=processor,
     )
+    trainer.eval_completions = []
     metrics = trainer.evaluate()
     table = per_source_table(metrics)
     meta: dict[str, Any] = {
@@ -101,11 +106,14 @@ def evaluate_checkpoint(
     if not trainer.accelerator.is_main_process:
         return table, Path(out_dir) / "results.md", Path(out_dir) / "results.json"
     markdown_path, json_path = write_tables(table, out_dir, meta)
-    logger.info("evaluation tables written to %s and %s", markdown_path, json_path)
+    completions_path = write_completions(trainer.eval_completions, out_dir)
+    logger.info("evaluation tables written to %s and %s, completions to %s", markdown_path, json_path, completions_path)
     return table, markdown_path, json_path
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..monitoring.eval_table import COMPLETIONS_FILE
+
     _, markdown_path, json_path = evaluate_checkpoint(
         args.model,
         args.data_config,
@@ -119,12 +127,12 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if markdown_path.is_file():
         print(markdown_path.read_text(encoding="utf-8"))
-        print(f"written: {markdown_path} and {json_path}", file=sys.stderr)
+        print(f"written: {markdown_path}, {json_path} and {markdown_path.parent / COMPLETIONS_FILE}", file=sys.stderr)
     return 0
 
 
 def _eval_iou_threshold(value: str) -> float | str:
-    from .rewards.iou_schedule import parse_iou_threshold
+    from ..rewards.iou_schedule import parse_iou_threshold
 
     try:
         parsed = parse_iou_threshold(value)
@@ -139,13 +147,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `triune eval` to the top-level parser."""
     evaluate = commands.add_parser(
         "eval",
-        help="greedy evaluation of a checkpoint on a split of a data config, per data source (markdown + JSON table)",
+        help="greedy evaluation of a checkpoint on a split of a data config, per data source (markdown + JSON table, "
+        "and completions.jsonl: every answer with its gold and scores)",
     )
     evaluate.add_argument("--model", required=True, help="checkpoint folder or Hub id (model + processor)")
     evaluate.add_argument("--data-config", required=True, help="data config YAML listing the split's files")
     evaluate.add_argument("--split", default="test", help="split of the data config to evaluate (default: test)")
     evaluate.add_argument("--data-root", default=None, help="folder the config's relative paths resolve against")
-    evaluate.add_argument("--out", default=None, help="output folder (default: MODEL/eval_SPLIT)")
+    evaluate.add_argument("--out", default=None, help="output folder of results.md, results.json and completions.jsonl "
+                          "(default: MODEL/eval_SPLIT)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="prompts per device per batch (default: 8)")
     evaluate.add_argument(
         "--max-completion-length", type=int, default=2048, help="new tokens per answer (default: 2048, as the paper)"

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = [
     "STAGES",
@@ -75,7 +75,7 @@ def _user_turn(question: str) -> list[dict[str, Any]]:
 
 def _scene(rng: random.Random):
     """A 4 x 4 grid canvas with 1 to 8 random shapes: the describe stage's picture."""
-    from .data import make_sample as ms
+    from ..data import make_sample as ms
 
     image = ms._canvas(rng)
     objects = ms._draw_objects(rng, image, ms._random_labels(rng, rng.randint(1, 8)))
@@ -91,7 +91,7 @@ def describe_row(rng: random.Random) -> Row:
 
 def cell_row(rng: random.Random) -> Row:
     """What is in one named cell, or whether it holds a shape of a given colour (reading where the prompt points)."""
-    from .data import make_sample as ms
+    from ..data import make_sample as ms
 
     image, objects = _scene(rng)
     by_cell = {obj.cell: obj for obj in objects}
@@ -106,8 +106,8 @@ def cell_row(rng: random.Random) -> Row:
 
 def task_row_factory(data_source: str, cot: bool = True) -> Callable[[random.Random], Row]:
     """Rows of one sample source with the prompt GRPO reads (CoT instruction appended) and a grounded target."""
-    from .data import make_sample as ms
-    from .data.cot_prompts import cot_instruction
+    from ..data import make_sample as ms
+    from ..data.cot_prompts import cot_instruction
 
     source = next((s for s in ms.SAMPLE_SOURCES if s.data_source == data_source), None)
     if source is None:
@@ -231,7 +231,7 @@ class PretrainArguments:
 
     stage: str = field(
         default="describe",
-        metadata={"help": f"Which stage's rows to stream: {', '.join(STAGES)} (see triune_trl.pretrain)."},
+        metadata={"help": f"Which stage's rows to stream: {', '.join(STAGES)} (see triune_trl.runs.pretrain)."},
     )
     rows_seed: int = field(default=0, metadata={"help": "Seed of the generated rows (held-out seeds stay unseen)."})
     vision_lr_ratio: float = field(
@@ -255,7 +255,7 @@ def _scale_vision_lr(optimizer, model, ratio: float) -> None:
     one "something here" direction; the single-cell colour probe stays at chance. With the vision tower at 1/10 of
     the language model's rate it reads the object's colour (100% by step 200).
     """
-    from .trainer import module_group
+    from ..trainer.grpo_trainer import module_group
 
     visual = {id(p) for name, p in model.named_parameters() if module_group(name) in ("vit", "connector")}
     for group in list(optimizer.param_groups):
@@ -273,7 +273,7 @@ def build_trainer(script_args: PretrainArguments, training_args, model_args):
     from transformers import AutoModelForImageTextToText, set_seed
     from trl import SFTTrainer
 
-    from .checks import check_model_path, load_processor
+    from ..checks import check_model_path, load_processor
 
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required (e.g. artifacts/tiny-qwen2.5-vl-see)")

@@ -148,8 +148,8 @@ def _corpus(seed: int, prompt_corpus: bool = False) -> list[str]:
 
 def _prompt_corpus(seed: int, per_source: int = 200) -> list[str]:
     """Prompts (with their CoT instructions) and gold answers of the bundled sample tasks, as BPE training text."""
-    from .data.cot_prompts import CLOSE_FORM_FIRST, CLOSE_FORM_SECOND, FREE_FORM_FIRST, FREE_FORM_SECOND
-    from .data.make_sample import SAMPLE_SOURCES, SHAPE_COLOURS, SHAPES
+    from ..data.cot_prompts import CLOSE_FORM_FIRST, CLOSE_FORM_SECOND, FREE_FORM_FIRST, FREE_FORM_SECOND
+    from ..data.make_sample import SAMPLE_SOURCES, SHAPE_COLOURS, SHAPES
 
     rng = random.Random(seed)
     lines = [*CLOSE_FORM_FIRST, *CLOSE_FORM_SECOND, *FREE_FORM_FIRST, *FREE_FORM_SECOND]
@@ -157,7 +157,7 @@ def _prompt_corpus(seed: int, per_source: int = 200) -> list[str]:
         for _ in range(per_source):
             example = source.build(rng)
             lines += [example.question, example.ground_truth, example.answer, example.reasoning]
-    # The staged pretraining's descriptions and cell questions (triune_trl.pretrain): "c3 red circle", "cell 7".
+    # The staged pretraining's descriptions and cell questions (triune_trl.runs.pretrain): "c3 red circle", "cell 7".
     lines += [f"c{cell} {colour} {shape}, cell {cell}" for cell in range(1, 17) for colour in SHAPE_COLOURS
               for shape in SHAPES]
     lines += ["List every object in the image with its cell.", "What is in cell 7?", "Is the object in cell 7 red?"]
@@ -216,6 +216,13 @@ class Family:
     def token_side(self) -> int:
         """Pixels per side of one merged vision token: patch_size x merge_size."""
         return self.patch_size * self.merge_size
+
+    def image_sizing(self):
+        """The family's image sizing without loading a processor: its patching (28 or 32 px per token) with the
+        default bounds in tokens (4 to 1280). A checkpoint's own bounds need its processor."""
+        from ..data.images import ImageSizing
+
+        return ImageSizing.for_token_side(self.token_side)
 
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

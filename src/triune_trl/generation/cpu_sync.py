@@ -26,8 +26,8 @@ and, engine-wide (this sync only; a server resets them over HTTP):
 Colocate mode runs vLLM in the trainer's process (`distributed_executor_backend="external_launcher"`), so the
 weights reach `reload_weights` as the same lazy iterator TRL uses (one parameter gathered at a time under ZeRO-3),
 not as a copy. Fused MoE experts travel in the released checkpoint layout on every platform
-(`triune_trl.expert_layout`, installed by the trainer for every vLLM mode). GPU platforms keep TRL's sync
-unchanged; server mode on CPU goes through `triune_trl.vllm_http_weights`.
+(`triune_trl.models.expert_layout`, installed by the trainer for every vLLM mode). GPU platforms keep TRL's sync
+unchanged; server mode on CPU goes through `triune_trl.generation.http_weights`.
 """
 
 from __future__ import annotations

@@ -13,18 +13,18 @@ from pathlib import Path
 from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from .callbacks import DynamicIoUCallback
-from .checks import check_data_root, check_launch_precision, check_model_path, load_processor, parse_recipe_args
-from .configs import TriuneGRPOConfig, TriuneScriptArguments
-from .data import ImageSizing, load_data_config, load_split, make_image_resize
-from .data.prompt_length import PromptLimit, PromptTokenCounter
-from .distributed import apply_cpu_distributed_shim, check_world_size
-from .errors import DataError, UsageError
-from .expert_layout import write_released_layout
+from ..checks import check_data_root, check_launch_precision, check_model_path, load_processor, parse_recipe_args
+from ..configs import TriuneGRPOConfig, TriuneScriptArguments
+from ..data import ImageSizing, load_data_config, load_split, make_image_resize
+from ..data.prompt_length import PromptLimit, PromptTokenCounter
+from ..errors import DataError, UsageError
+from ..models.expert_layout import write_released_layout
+from ..models.lora import apply_lora_defaults
+from ..rewards import RewardRouter
+from ..trainer.callbacks import DynamicIoUCallback
+from ..trainer.distributed import apply_cpu_distributed_shim, check_world_size
+from ..trainer.grpo_trainer import TriuneGRPOTrainer
 from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
-from .lora import apply_lora_defaults
-from .rewards import RewardRouter
-from .trainer import TriuneGRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def make_parser() -> TrlParser:
     """The parser shared by the recipe script and `triune train`.
 
     Parsing builds the GRPOConfig, whose `__post_init__` creates accelerate's process state, so the CPU-only
-    multi-process shim (`triune_trl.distributed`) is applied here, before that happens.
+    multi-process shim (`triune_trl.trainer.distributed`) is applied here, before that happens.
     """
     apply_cpu_distributed_shim()
     return TrlParser((TriuneScriptArguments, TriuneGRPOConfig, ModelConfig))
@@ -70,8 +70,8 @@ def build_reward_router(script_args: TriuneScriptArguments) -> RewardRouter:
             time_limit=script_args.reward_time_limit,
             batch_time_limit=script_args.reward_batch_time_limit,
         )
-    from .server.client import RemoteRewardRouter
-    from .server.discovery import discover_urls, parse_server_urls
+    from ..server.client import RemoteRewardRouter
+    from ..server.discovery import discover_urls, parse_server_urls
 
     urls = parse_server_urls(script_args.reward_server_urls) if script_args.reward_server_urls else []
     if script_args.reward_server_job_ids:
@@ -181,7 +181,8 @@ def save_final_model(trainer, output_dir: str | Path) -> Path:
     """`trainer.save_model(output_dir)`, then the fused MoE experts of the saved folder in the released layout.
 
     Why: transformers 5.17 saves Qwen3-VL-MoE's experts in its in-memory (transposed) layout, from which vLLM cannot
-    start (`triune_trl.expert_layout`), and the final folder is the one users serve and push. Only the final folder:
+    start (`triune_trl.models.expert_layout`), and the final folder is the one users serve and push. Only the final
+    folder:
     the `checkpoint-N` folders keep transformers' layout because `Trainer` resumes them with a plain
     `load_state_dict`, which does not convert. A no-op for every other family and for LoRA adapters."""
     output_dir = Path(output_dir)
@@ -203,10 +204,10 @@ def run(
     """Train, save the final model with its processor to `output_dir`, push if asked; return `output_dir`.
 
     `Trainer.save_model` writes the processor files next to the weights, so the folder reloads with
-    `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`; `triune_trl.hub` adds the
+    `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`; `triune_trl.runs.hub` adds the
     model card (README.md), the run's exact recipe (triune_recipe.yaml) and the card's facts (triune_run.json).
     With `push_to_hub`, that folder is pushed once at the end through `uploader` (default: the Hub; see
-    `triune_trl.hub` for why the Trainer's own pushes are turned off).
+    `triune_trl.runs.hub` for why the Trainer's own pushes are turned off).
     """
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # no Trainer push at init or on every save: one push of the final folder below

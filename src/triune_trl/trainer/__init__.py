@@ -1,0 +1,12 @@
+"""The trainer: `TriuneGRPOTrainer(GRPOTrainer)`, the few overrides TRL needs (`grpo_trainer`, whose docstring lists
+each one and why), and the helpers those overrides call: text-only micro-batches beside image ones
+(`image_less_forwards`), a round's image tensors kept in host memory (`image_buffers`), skipped non-finite updates
+(`nonfinite`), the dynamic IoU callback (`callbacks`) and the CPU-only distributed launch (`distributed`).
+
+May import: the root's `configs`, `checks`, `errors`, and `data`, `rewards`, `monitoring`, `models`, `generation`.
+Never `runs` or `cli` (they build on the trainer).
+"""
+
+from triune_trl.trainer.grpo_trainer import TriuneGRPOTrainer, images_for_processor, module_group
+
+__all__ = ["TriuneGRPOTrainer", "images_for_processor", "module_group"]
