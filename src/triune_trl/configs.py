@@ -40,8 +40,8 @@ class TriuneScriptArguments:
     iou_threshold: str = field(
         default="dynamic",
         metadata={
-            "help": "IoU threshold of the detection verifier: 'dynamic' (0.85 for the first 10% of steps, 0.95 "
-            "until 25%, then 0.99, as in the paper), 'average' (mean over 0.5:0.05:0.95 and 0.99) or a number."
+            "help": "IoU threshold of the detection verifier: 'dynamic' (0.85 for the first 10%% of steps, 0.95 "
+            "until 25%%, then 0.99, as in the paper), 'average' (mean over 0.5:0.05:0.95 and 0.99) or a number."
         },
     )
     reward_workers: int = field(

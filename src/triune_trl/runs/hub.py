@@ -245,8 +245,13 @@ def run_facts(trainer: Any, script_args: Any, training_args: Any, model_args: An
 
 
 def _count_sources(dataset: Any) -> dict[str, int] | None:
+    """Rows per data source, read from the `data_source` column alone: the dataset's format decodes and rescales
+    every image of a row it hands out, which at Orsta scale is tens of thousands of decodes after training."""
+    dataset = getattr(dataset, "dataset", dataset)  # the train loader's DeferredImageDataset wraps the rows
     if dataset is None or "data_source" not in getattr(dataset, "column_names", []):
         return None
+    if hasattr(dataset, "with_format"):
+        dataset = dataset.select_columns(["data_source"]).with_format(None)
     return dict(sorted(Counter(dataset["data_source"]).items()))
 
 
