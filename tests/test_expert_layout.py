@@ -49,3 +49,44 @@ def test_qwen3_vl_moe_experts_reach_vllm_as_the_released_checkpoint_holds_them(t
     assert all(sent[name] is in_memory[name].detach() or torch.equal(sent[name], in_memory[name])
                for name in in_memory if name not in experts)
     assert write_released_layout(folder) == []  # already released: nothing to rewrite
+
+
+def test_a_qwen3_vl_moe_folder_saved_by_transformers_is_rewritten_in_the_released_layout(tiny_family_model, tmp_path):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_family_model("qwen3-vl-moe"), dtype=torch.float32)
+    model.save_pretrained(tmp_path)  # transformers 5.17 writes its in-memory (transposed) layout
+    rewritten = write_released_layout(tmp_path)
+    assert len(rewritten) == 4 and all(".mlp.experts." in name for name in rewritten)
+    assert_saved_experts_in_released_layout(tmp_path, model.config.text_config)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.float32)
+    assert all(torch.equal(parameter, model.get_parameter(name)) for name, parameter in reloaded.named_parameters())
+    assert write_released_layout(tmp_path) == []
+
+
+@pytest.fixture
+def vllm_registered_configs():
+    """vLLM's config parser as a colocate engine start runs it: it registers vLLM's own `Qwen3_5Config` /
+    `Qwen3_5MoeConfig` with transformers' AutoConfig for the rest of the process (restored after the test)."""
+    pytest.importorskip("vllm", reason="vllm is not installed")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from vllm.transformers_utils.config import HFConfigParser
+
+    saved = dict(CONFIG_MAPPING._extra_content)
+    try:
+        yield lambda folder: HFConfigParser().parse(folder, trust_remote_code=False)
+    finally:
+        CONFIG_MAPPING._extra_content.clear()
+        CONFIG_MAPPING._extra_content.update(saved)
+
+
+@pytest.mark.parametrize("family", ["qwen3.5", "qwen3.5-moe"])
+def test_the_saved_folder_is_read_with_transformers_classes_after_vllm_registered_its_own(
+    family, tiny_family_model, vllm_registered_configs
+):
+    from transformers import AutoConfig
+
+    folder = tiny_family_model(family)
+    vllm_registered_configs(folder)
+    # the cause of the crash at the end of a colocate run: AutoConfig now gives vLLM's class, whose vision config
+    # lacks transformers' num_attention_heads alias that transformers' vision tower reads
+    assert type(AutoConfig.from_pretrained(folder)).__module__.startswith("vllm.")
+    assert write_released_layout(folder) == []

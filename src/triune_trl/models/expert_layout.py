@@ -144,19 +144,52 @@ def _without_zero3_init():
             hf_deepspeed.set_hf_deepspeed_config(active)
 
 
+def _saved_model_class(folder: Path) -> type[nn.Module]:
+    """The transformers class of the model saved in `folder`: its `architectures` entry, else transformers' own
+    image-text-to-text class for its `model_type`.
+
+    Why not `AutoConfig`: the class `AutoConfig` resolves a `model_type` to can be replaced in a running process. vLLM's
+    config parser registers its own `Qwen3_5Config` / `Qwen3_5MoeConfig` for `qwen3_5` / `qwen3_5_moe`
+    (`AutoConfig.register(..., exist_ok=True)`) when an engine starts, so after a colocate run the folder's config
+    came back as vLLM's class, whose vision config lacks transformers' `num_attention_heads` alias, and building the
+    transformers model from it failed. Looked up by name in transformers, the class and its `config_class` are always
+    transformers' own."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    saved = json.loads((folder / "config.json").read_text())
+    by_type = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(saved.get("model_type"))
+    names = [*(saved.get("architectures") or []), by_type]
+    for name in filter(None, names):
+        model_class = getattr(transformers, name, None)
+        if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
+            return model_class
+    raise ValueError(
+        f"{folder / 'config.json'}: no transformers model class for architectures {saved.get('architectures')} "
+        f"or model_type {saved.get('model_type')!r}"
+    )
+
+
+def _empty_model(folder: Path) -> nn.Module:
+    """The model saved in `folder` with its parameters on the meta device: its module names and shapes, no memory."""
+    from accelerate import init_empty_weights
+
+    model_class = _saved_model_class(folder)
+    config = model_class.config_class.from_pretrained(folder)
+    with init_empty_weights(), _without_zero3_init():
+        return model_class(config)
+
+
 def write_released_layout(folder: str | Path) -> list[str]:
     """Rewrite the fused experts of a model saved by transformers in `folder` in the released layout, in place.
 
     Returns the names of the tensors rewritten ([] for a model transformers keeps in the released layout). A tensor
-    already in the released layout is left alone (the folder may have been rewritten before)."""
-    from accelerate import init_empty_weights
+    already in the released layout is left alone (the folder may have been rewritten before). Safe to call in a
+    process where vLLM runs (`_saved_model_class`)."""
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModelForImageTextToText
 
     folder = Path(folder)
-    config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights(), _without_zero3_init():
-        model = AutoModelForImageTextToText.from_config(config)
+    model = _empty_model(folder)
     rule = released_layout(model)
     if rule is None:
         return []

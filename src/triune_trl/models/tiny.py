@@ -240,9 +240,29 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
 
 
+def special_token_ids(tokenizer) -> dict[str, int | None]:
+    """The BOS / EOS / PAD ids the model config, its text config and its generation config all take: the
+    tokenizer's own (BOS None: Qwen's tokenizer has none and prepends nothing).
+
+    Why: `Trainer` compares the top-level config and the generation config with the tokenizer
+    (`transformers.trainer_utils.align_special_tokens`) and, on any difference, rewrites them and prints a
+    300-character warning on every run."""
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _generation_ids(tokenizer) -> dict[str, Any]:
+    """The generation config's ids: the tokenizer's, stopping at the end of a turn (its EOS) or of a document, as
+    Qwen's released generation configs do."""
+    ids = special_token_ids(tokenizer)
+    return {**ids, "eos_token_id": [ids["eos_token_id"], tokenizer.convert_tokens_to_ids("<|endoftext|>")]}
+
+
 def _text_common(tokenizer, spec: TinySpec) -> dict[str, Any]:
     """Text-config entries every family shares: sizes, heads, special-token ids, tied embeddings."""
-    ids = _token_ids(tokenizer)
     return {
         "vocab_size": len(tokenizer),
         "hidden_size": spec.hidden_size,
@@ -250,9 +270,7 @@ def _text_common(tokenizer, spec: TinySpec) -> dict[str, Any]:
         "num_attention_heads": spec.num_heads,
         "num_key_value_heads": spec.num_kv_heads,
         "max_position_embeddings": 4096,
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
+        **special_token_ids(tokenizer),
         "tie_word_embeddings": True,
     }
 
@@ -496,8 +514,15 @@ def build_processor(spec: TinySpec = TinySpec(), family: str = DEFAULT_FAMILY):
 
 
 def build_config(tokenizer, spec: TinySpec = TinySpec(), family: str = DEFAULT_FAMILY):
-    """The family's config at toy size whose special-token ids point into the tiny tokenizer."""
-    return get_family(family).config_builder(tokenizer, spec)
+    """The family's config at toy size whose special-token ids point into the tiny tokenizer.
+
+    The special-token ids are set on the top-level config too, where `Trainer` reads them (`special_token_ids`).
+    Set after construction: Qwen2_5_VLConfig's constructor takes them as flat text-config keys and, given a text
+    config, drops them. (Loading drops them the same way, so a reloaded Qwen2.5-VL still has none there.)"""
+    config = get_family(family).config_builder(tokenizer, spec)
+    for name, value in special_token_ids(tokenizer).items():
+        setattr(config, name, value)
+    return config
 
 
 def build_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec(), family: str = DEFAULT_FAMILY) -> Path:
@@ -514,9 +539,7 @@ def build_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec(), family: s
     torch.manual_seed(spec.seed)
     model = getattr(transformers, fam.model_class)(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id,
-        eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id],
-        pad_token_id=config.text_config.pad_token_id,
+        **_generation_ids(processor.tokenizer),
         do_sample=True,
         temperature=1.0,
         top_k=0,
