@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Each installs into .venv on a fresh machine first.
 #   make demo   build the tiny offline model and the bundled sample data if missing, then train the tiny recipe
-#               (tiny_cpu.yaml, about half a minute)
+#               (tiny_cpu.yaml, 60 steps: ~1 minute on 2 idle CPU cores, 2-5 minutes when they are shared; README)
 #   make test   run the test suite (CI runs exactly this through .ci/run)
 #   make learn  the learning pipeline of issue 14: build the learn tiny model and its sample data if missing,
 #               warm-start it (SFT, cached in artifacts/warm_start), evaluate, run V-Triune RL (tiny_learn.yaml),

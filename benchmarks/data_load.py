@@ -16,7 +16,7 @@
    - `validate`: `triune data validate` over the files (scan + every check; builds nothing, writes nothing);
    - `load`: `load_split` as training calls it (scan + every check + the lazily decoded dataset), then one
      GRPO-sized batch of 64 rows read (decoded) to show the images come on access.
-3. Prints a table and writes benchmarks/results/data_load.json. Goal on the project's machine (2 shared CPU
+3. Prints a table and writes benchmarks/results/latest/data_load.json. Goal on the project's machine (2 shared CPU
    cores): load + validate at most 60 s and 2 GiB.
 """
 
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "data_load.json"
+RESULTS = HERE / "results" / "latest" / "data_load.json"  # git-ignored (README)
 GOAL_SECONDS, GOAL_BYTES = 60.0, 2 * 1024**3
 
 # (task, source, data_source, verifier, rows) - the paper's sources; rows sum to 47,000.

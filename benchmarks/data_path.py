@@ -18,7 +18,7 @@ RSS, and the size of a generation round's buffered image tensors.
    a real processor run for each image size.
 
 Run it at the commit before the fix with the same file (`PYTHONPATH=<old checkout>/src`) for the "before" row; the
-JSON results are appended to benchmarks/results/data_path.json.
+JSON results are appended to benchmarks/results/latest/data_path.json.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "data_path.json"
+RESULTS = HERE / "results" / "latest" / "data_path.json"  # git-ignored (README)
 SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200), (2048, 1536)]  # (width, height)
 # Qwen2.5-VL-7B-Instruct's preprocessor_config.json
 QWEN25VL = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 12845056}
@@ -229,6 +229,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if not args.no_save:
         previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps([*previous, result], indent=2) + "\n")
 
 

@@ -15,7 +15,7 @@ process:
    the dynamic schedule;
 5. a table per source: majority baseline, warm start, after RL, difference ± standard error
    (`triune_trl.runs.learning`), blank-image, no-RL control and fixed-IoU accuracies. Written to
-   benchmarks/results/learning.json and learning.md.
+   benchmarks/results/latest/learning.json and learning.md.
 
 Budget: the stages run one after the other on the CPU; on 2 shared cores the whole benchmark takes about an hour.
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results" / "latest"  # git-ignored (README)
 TRIUNE = [sys.executable, "-m", "triune_trl.cli"]
 
 

@@ -11,7 +11,7 @@ Three ways to train the same batch size, each timed over `--steps` optimizer ste
 - `sft_stream_112`: `triune_trl.runs.pretrain` (SFTTrainer on the streaming pre-processed rows), same model and rows.
 
 The rounds alternate the three so that a shared machine's load falls on all of them alike; the result is the
-median per method and the ratio plain / SFTTrainer. Written to benchmarks/results/pretrain_throughput.{json,md}.
+median per method and the ratio plain / SFTTrainer. Written to benchmarks/results/latest/.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results" / "latest"  # git-ignored (README)
 WARMUP = 2
 
 

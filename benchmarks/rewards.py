@@ -18,7 +18,7 @@ every worker has a core to itself (the parent's CPU time plus the busiest worker
 time): on a machine whose cores are shared with other jobs, the wall-clock gain of a second worker depends on
 whether a second core happens to be free.
 
-    python benchmarks/rewards.py                # full run, writes benchmarks/results/rewards.json
+    python benchmarks/rewards.py                # full run, writes benchmarks/results/latest/rewards.json
     python benchmarks/rewards.py --size 1024    # quicker
 """
 
@@ -50,7 +50,7 @@ from triune_trl.rewards.verifiers.mathverify import math_format_reward
 GROUP = 8
 MATH_SHARE = 0.57
 STEP, TOTAL_STEPS = 30, 100  # dynamic IoU threshold 0.99, as for most of a run
-RESULTS = Path(__file__).resolve().parent / "results" / "rewards.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "latest" / "rewards.json"  # git-ignored (README)
 REFERENCE = "reference (per sample, pycocotools + math-verify)"
 DET_RATIO = {"iou_max_label_first": 1.0, "iou_max_iou_first": 0.0, "iou_completeness": 0.3, "map": 0.0,
              "map50": 0.0, "map75": 0.0}  # fmt: skip

@@ -11,7 +11,7 @@ in-process router with the same number of worker processes on the same completio
 difference). The clients run in this process on asyncio with one httpx connection pool, as a trainer's reward
 function does, and share the machine's cores with the server.
 
-    python benchmarks/server_load.py                       # 16 x 200 x 64, writes benchmarks/results/server_load.json
+    python benchmarks/server_load.py                       # 16 x 200 x 64, writes benchmarks/results/latest/
     python benchmarks/server_load.py --batches 20          # quicker
 """
 
@@ -38,7 +38,7 @@ from rewards import STEP, TOTAL_STEPS, make_batch  # noqa: E402  (benchmarks/rew
 
 from triune_trl.rewards import RewardRouter  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "server_load.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "latest" / "server_load.json"  # git-ignored (README)
 POOL_SIZE = 8192  # distinct completions the requests are cut from
 
 

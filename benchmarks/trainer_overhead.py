@@ -10,7 +10,7 @@ Triune, plain, ...) so that both see the same machine load and the same position
 time is the wall time between consecutive `on_step_begin` callbacks: generation, scoring, per-source metrics,
 backward, optimizer step and logging (`logging_steps=1`, the worst case for the per-log aggregation). The first
 `--warmup` steps of every run are dropped. Reported: the ratio of the median step times (goal: at most 1.05),
-written to benchmarks/results/trainer_overhead.json.
+written to benchmarks/results/latest/trainer_overhead.json.
 
 The plain trainer gets what it needs to run at all: image-only rows (TRL 1.16 crashes on a batch mixing
 text-only and image prompts) and a left-padded processor (a right-padded one crashes on image prompts of
@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results" / "trainer_overhead.json"
+RESULTS = HERE / "results" / "latest" / "trainer_overhead.json"  # git-ignored (README)
 GOAL = 1.05
 BATCH = 8  # completions per step: 2 prompts x 4 generations
 IMAGE_FILES = [  # every row of these sample files has one or two images

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TRIUNE = str(Path(sys.executable).with_name("triune"))  # the `triune` a user of this environment types
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +65,28 @@ def write_data_config(path: Path, root: Path, train: list[str], test: list[str] 
         config["test"] = [{"path": p} for p in test]
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def user_environment() -> dict[str, str]:
+    """The environment the recipe headers tell users to set on a CPU host."""
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
+        "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(REPO_ROOT / ".pytest_cache" / "vllm")),
+    }
+
+
+def run_as_user(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, env=user_environment(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def user_checkout(tmp_path_factory, sample_data_dir) -> Path:
+    """A user's working folder: the repository's recipes, data configs and launch scripts, and artifacts/ holding the
+    bundled sample set (small), so documented commands run there as typed and write nothing into the repository."""
+    root = tmp_path_factory.mktemp("checkout")
+    for folder in ("recipes", "data_configs", "local_scripts"):
+        shutil.copytree(REPO_ROOT / folder, root / folder)
+    (root / "artifacts").mkdir()
+    (root / "artifacts" / "sample_data").symlink_to(sample_data_dir)
+    return root
