@@ -7,7 +7,11 @@
 #
 #   CUDA_VISIBLE_DEVICES=7 local_scripts/vllm_serve.sh                                 # Orsta-7B, one GPU
 #   MODEL=Qwen/Qwen2.5-VL-32B-Instruct VLLM_TP=4 CUDA_VISIBLE_DEVICES=4,5,6,7 local_scripts/vllm_serve.sh
-#   VLLM_HOST=0.0.0.0 local_scripts/vllm_serve.sh      # trainers on other nodes (the update routes are unauthenticated)
+#   VLLM_HOST=0.0.0.0 TRIUNE_VLLM_TOKEN_FILE=~/.triune_vllm_token local_scripts/vllm_serve.sh   # trainers elsewhere
+#
+# A host other than 127.0.0.1 needs a token: `triune vllm-serve` reads TRIUNE_VLLM_TOKEN_FILE (a file holding one word)
+# or TRIUNE_VLLM_TOKEN from this environment, and every route but /health, /v1/models, /version and /metrics then
+# requires it; trainers send it from the same variable (docs/scaling.md, "The token").
 #
 # Extra arguments are passed on (unknown ones to `vllm serve` unchanged), e.g. `--limit-mm-per-prompt '{"image": 4}'`.
 # VLLM_WEIGHT_TRANSFER=nccl|triune_http overrides the platform's choice. TRIUNE_DRY_RUN=1 prints the command instead.

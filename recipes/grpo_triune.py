@@ -10,8 +10,12 @@ The logic lives in `triune_trl.runs.train` so that it is tested; this file only 
 
 import sys
 
-from triune_trl.errors import TriuneError
-from triune_trl.runs.train import parse_args, run
+from triune_trl.monitoring.notices import install as quiet_known_notices
+
+quiet_known_notices()  # before the libraries below are imported: they log their notices while importing
+
+from triune_trl.errors import TriuneError  # noqa: E402
+from triune_trl.runs.train import parse_args, run  # noqa: E402
 
 
 def main() -> int:

@@ -10,9 +10,13 @@ Every option is a field of `WarmStartArguments` (data), `trl.SFTConfig` (optimis
 
 import sys
 
-from triune_trl.checks import parse_recipe_args
-from triune_trl.errors import TriuneError
-from triune_trl.runs.warm_start import make_parser, run
+from triune_trl.monitoring.notices import install as quiet_known_notices
+
+quiet_known_notices()  # before the libraries below are imported: they log their notices while importing
+
+from triune_trl.checks import parse_recipe_args  # noqa: E402
+from triune_trl.errors import TriuneError  # noqa: E402
+from triune_trl.runs.warm_start import make_parser, run  # noqa: E402
 
 
 def main() -> int:

@@ -96,3 +96,19 @@ def test_reward_score_rejects_a_malformed_line_naming_it(tmp_path):
     assert result.returncode == 1
     assert f"{src}:3:" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_the_vllm_serve_ready_lines_fit_a_terminal(tmp_path):
+    """`triune vllm-serve`'s ready message (the real server prints it in test_vllm_server.py) is two lines of at most
+    200 characters for a tiny model under a temporary folder, the first as test_vllm_server's READY pattern reads it."""
+    import re
+
+    from triune_trl.generation.serve import ready_lines
+
+    model = str(tmp_path / "tiny-qwen2.5-vl")
+    lines = ready_lines("http://127.0.0.1:8000", 123456, {"id": model, "max_model_len": 1024}, "triune_http",
+                        "127.0.0.1", 8000).splitlines()
+    assert len(lines) == 2 and all(len(line) <= 200 for line in lines), lines
+    assert re.match(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)", lines[0])
+    assert lines[1] == ("triune vllm-serve: train with --use_vllm true --vllm_mode server --vllm_server_host "
+                        "127.0.0.1 --vllm_server_port 8000")

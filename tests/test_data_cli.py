@@ -145,3 +145,30 @@ def test_convert_widens_verifier_parm_to_the_union_of_the_rows_parameters(tmp_pa
     assert main(["data", "validate", str(out)]) == 0
     rows = load_files([FileSpec(out)], sizing=SIZING, cache_dir=tmp_path / "hf")
     assert rows[0]["reward_model"]["verifier_parm"]["options"] == ["red", "blue"]
+
+
+def test_a_missing_file_or_glob_is_one_line_naming_the_flag_as_spelled(tmp_path):
+    """As typed (subprocesses): `data inspect` on a file that is not there answers with the file and what to do, not
+    pyarrow's FileNotFoundError traceback; a data config whose paths match nothing names `--data-root`, the flag the
+    data tools spell that way (the recipes' `--data_root`)."""
+    import subprocess
+    import sys
+
+    triune = str(Path(sys.executable).with_name("triune"))
+    missing = tmp_path / "no" / "train_math_x_1.parquet"
+    result = subprocess.run([triune, "data", "inspect", str(missing)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"triune: error: {missing}: no such file; check the path; `triune data make-sample DIR` writes a sample set "
+        "to try"
+    ]
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"root": "data", "train": ["train/*.parquet"]}))
+    result = subprocess.run([triune, "data", "stats", "--data-config", str(config)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Fix the paths or `root`, or pass --data-root to point elsewhere."
+    assert "data_root" not in result.stderr
+    for line in (result.stdout + result.stderr).splitlines():
+        assert len(line) <= 200, line

@@ -145,3 +145,40 @@ def test_steps_per_epoch_count_the_rows_the_run_trains_on(capsys, tiny_model_dir
     assert "5 (5 rounds of 4 prompts, 20 rows kept)" in out, out  # 4 + 2 x 8 rows trained on
     code, out = _preflight(capsys, *argv, "--max_train_samples", "8")
     assert code == 0 and "2 (2 rounds of 4 prompts, 8 rows kept)" in out, out
+
+
+def test_as_typed_a_cpu_recipe_is_one_process_zero_steps_fail_and_a_cached_hub_id_loads(tmp_path, tiny_model_dir,
+                                                                                         sample_data_dir):
+    """`triune preflight` run as a person runs it, checking three things at once: a use_cpu recipe's geometry is for
+    one process (not 8) without --num-processes; 0 optimizer steps in all is a FAIL saying what to change; and a Hub
+    id in the Hub cache loads from it at once when the Hub does not answer (a closed port stands for no network)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = tmp_path / "hub" / "models--someone--tiny-vl"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    config = write_data_config(tmp_path / "d.yaml", sample_data_dir, ["train/*.parquet"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+           "HF_HUB_CACHE": str(tmp_path / "hub")}
+    triune = Path(sys.executable).with_name("triune")
+    result = subprocess.run(
+        [str(triune), "preflight", "--config", str(TINY), "--model_name_or_path", "someone/tiny-vl", "--data_config",
+         str(config), "--max_steps", "-1", "--max_train_samples", "2"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 1, (out, err[-3000:])
+    assert "the Hub is unreachable" in err and "loading someone/tiny-vl from the Hub cache" in err, err
+    assert "Retrying" not in err and "Traceback" not in err, err
+    assert "loaded, no weights: Qwen2_5_VLProcessor from someone/tiny-vl" in out, out
+    assert re.search(r"training processes\s*│\s*1 \(use_cpu recipe: one process", out), out
+    assert re.search(r"steps per epoch\s*│\s*0 \(0 rounds of 4 prompts, 2 rows kept\); fewer rows than", out), out
+    steps = re.search(r"optimizer steps in all\s*│\s*0 \(3 epochs\): nothing would be.*?│\s*(\S+)", out, re.DOTALL)
+    assert steps and steps.group(1) == "FAIL", out
+    long = [line for line in (out + err).splitlines() if len(line) > 200]
+    assert not long, long

@@ -12,9 +12,10 @@
 
 Each package registers its own subcommands (`server/cli.py`, `monitoring/cli.py`, and `runs/` for the rest);
 this module only assembles them.
-Heavy imports (torch, transformers, TRL) happen inside each command so `triune --help` answers at once. Errors
-this package raises on purpose (bad data, bad input lines) end the command with their message and exit code 1,
-without a traceback: the message already names the file, row and field.
+Heavy imports (torch, transformers, TRL) happen inside each command so `triune --help` answers at once, and the
+recipe commands check the paths they name first (`checks.check_recipe_paths`), so a missing model or data folder is
+one line in about a second. Errors this package raises on purpose (bad data, bad input lines) end the command with
+their message and exit code 1, without a traceback: the message already names the file, row and field.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checks import SuggestingArgumentParser
+from .checks import SuggestingArgumentParser, end_launched_run
 from .errors import TriuneError
+from .monitoring.notices import install as quiet_known_notices
 
 
 def _train(argv: list[str]) -> int:
+    from .checks import check_recipe_paths
+
+    check_recipe_paths(argv)  # a missing model or data folder: one line before TRL is imported
     from .runs.train import parse_args, run
 
     script_args, training_args, model_args = parse_args(argv)
@@ -35,7 +40,9 @@ def _train(argv: list[str]) -> int:
 
 
 def _warm_start(argv: list[str]) -> int:
-    from .checks import parse_recipe_args
+    from .checks import check_recipe_paths, parse_recipe_args
+
+    check_recipe_paths(argv)
     from .runs.warm_start import make_parser, run
 
     script_args, training_args, model_args = parse_recipe_args(make_parser(), argv, "triune warm-start")
@@ -44,7 +51,9 @@ def _warm_start(argv: list[str]) -> int:
 
 
 def _pretrain(argv: list[str]) -> int:
-    from .checks import parse_recipe_args
+    from .checks import check_recipe_paths, parse_recipe_args
+
+    check_recipe_paths(argv, roots=())  # the rows are generated: no data root
     from .runs.pretrain import make_parser, run
 
     script_args, training_args, model_args = parse_recipe_args(make_parser(), argv, "triune pretrain")
@@ -136,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_known_notices()  # before any command imports the libraries that log them
     try:
         if argv and argv[0] == "train":
             return _train(argv[1:])
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except TriuneError as error:
+        end_launched_run(error, "triune")  # under a launcher: one line per node, then ends this rank
         print(f"triune: error: {error}", file=sys.stderr)
         return 1
 

@@ -43,7 +43,7 @@ import yaml
 from triune_trl.data.images import ImageResize, ImageSizing, ReleaseRescale
 from triune_trl.data.options import FORMATS, REWARD_KEYS, FileOptions, FileSpec, RewardDefaults
 from triune_trl.data.prompt_length import PromptLimit
-from triune_trl.errors import DataError, RewardSpecError
+from triune_trl.errors import DataError, RewardSpecError, fit, missing_data_config_root
 
 __all__ = ["SPLITS", "DataConfig", "FileEntry", "load_data_config", "load_split"]
 
@@ -53,10 +53,10 @@ _ENTRY_KEYS = frozenset(
     {"path", "format", "image_root", "weight", "max_samples", "seed", "cot_prompts", "data_source", "ability",
      "reward", "reward_methods"}
 )
-_HINT = (
-    "Fix the data config above: top-level keys are root, seed, cot_prompts, train, test; each entry is a path or "
-    "{path, format, image_root, weight, max_samples, seed, cot_prompts, data_source, ability, reward, "
-    "reward_methods} (docs/data.md)."
+_HINT = (  # two lines of at most 200 characters
+    "Fix the data config above: top-level keys are root, seed, cot_prompts, train, test (docs/data.md); each entry\n"
+    "is a path or {path, format, image_root, weight, max_samples, seed, cot_prompts, data_source, ability, reward, "
+    "reward_methods}."
 )
 
 
@@ -76,6 +76,7 @@ class DataConfig:
     root: Path
     train: list[FileEntry] = field(default_factory=list)
     test: list[FileEntry] = field(default_factory=list)
+    root_option: str = "--data_root"  # how the command that read it spells its data-root option, for the hints
 
     def entries(self, split: str) -> list[FileEntry]:
         """The split's entries as written in the YAML."""
@@ -85,16 +86,20 @@ class DataConfig:
 
     def _matches(self, split: str) -> list[tuple[int, FileEntry, list[Path]]]:
         """Each entry with the files its pattern matches; every entry must match at least one file."""
+        if self.entries(split) and not self.root.is_dir():  # one line, with the command that builds a project folder
+            raise DataError(missing_data_config_root(self.source, self.root, self.root_option, split))
         out, problems = [], []
         for i, entry in enumerate(self.entries(split)):
             resolved = self.root / os.path.expanduser(entry.pattern)
             matches = sorted(Path(p) for p in glob.glob(str(resolved), recursive=True) if Path(p).is_file())
             if not matches:
                 where = f"{self.source}: {split}[{i}].path"
-                problems.append(f"{where}: {entry.pattern!r} matches no file (looked for {resolved})")
+                problems.append(fit(f"{where}: {entry.pattern!r} matches no file (looked for {resolved})",
+                                    f"{where}: {entry.pattern!r} matches no file under `root`"))
             out.append((i, entry, matches))
         if problems:
-            raise DataError("\n".join([*problems, "Fix the paths or `root`, or pass data_root to point elsewhere."]))
+            raise DataError("\n".join([*problems, f"Fix the paths or `root`, or pass {self.root_option} to point "
+                                                  "elsewhere."]))
         return out
 
     def file_specs(self, split: str) -> list[FileSpec]:
@@ -247,8 +252,11 @@ def _entry(where: str, entry: Any, base: FileOptions, root: Path, problems: _Pro
     return FileEntry(pattern, options)
 
 
-def load_data_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> DataConfig:
-    """Parse a data config YAML; `data_root` (if given) replaces its `root`."""
+def load_data_config(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                     root_option: str = "--data_root") -> DataConfig:
+    """Parse a data config YAML; `data_root` (if given) replaces its `root`. `root_option` is how the calling command
+    spells that option (`--data_root` for the recipes, `--data-root` for `triune data` and `triune eval`): the
+    hints name it."""
     source = Path(path)
     try:
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
@@ -289,7 +297,7 @@ def load_data_config(path: str | os.PathLike, data_root: str | os.PathLike | Non
         splits[split] = [entry for entry in parsed if entry is not None]
     if problems:
         raise DataError("\n".join([*problems, _HINT]))
-    return DataConfig(source=source, root=root, train=splits["train"], test=splits["test"])
+    return DataConfig(source=source, root=root, train=splits["train"], test=splits["test"], root_option=root_option)
 
 
 def load_split(

@@ -21,6 +21,10 @@ default 1800 s, long enough for a large generation request) instead of hanging. 
 after the request reached the server: `/start_weight_update` and `/update_weights` are not idempotent, and a server
 that refused one (HTTP 500, e.g. a protocol mismatch) says why in the error instead of "stopped answering".
 `use_server_client` installs the class where TRL looks it up, only while the trainer is built.
+
+A server started with a token (`triune vllm-serve --token_file`, `triune_trl.generation.auth`) gets it on every
+request, as `Authorization: Bearer`, from `TRIUNE_VLLM_TOKEN_FILE` or `TRIUNE_VLLM_TOKEN` in the trainer's environment
+(TRL's options have no field for it); a 401 ends the run with one line saying whether the token is missing or wrong.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from trl.generation.vllm_client import VLLMClient
 from urllib3.util.retry import Retry
 
 from ..errors import TriuneError
+from .auth import TOKEN_ENV, TOKEN_FILE_ENV, resolve_token
 from .http_weights import BACKEND, DEFAULT_CHUNK_BYTES, PROTOCOL, update_chunks
 
 logger = logging.getLogger(__name__)
@@ -63,8 +68,9 @@ class TriuneVLLMClient(VLLMClient):
     """TRL's VLLMClient with the `triune_http` weight transfer, encoder-cache resets, a one-line dead-server error."""
 
     def __init__(self, *args, **kwargs):
+        token, self.token_source = resolve_token()  # a bad token file fails before any request
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # GETs /health and /v1/models, which a token does not guard
         except requests.exceptions.RequestException as exc:
             raise VLLMServerError(
                 f"the vLLM server at {kwargs.get('base_url') or 'the configured host/port'} cannot be reached "
@@ -77,6 +83,8 @@ class TriuneVLLMClient(VLLMClient):
         self.last_sync: dict[str, float] = {}
         self.timeout = (CONNECT_TIMEOUT_S, float(os.environ.get(READ_TIMEOUT_ENV) or 1800))
         self.session.request = self._request_or_fail(self.session.request)
+        if token is not None:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _use_http_retries(self) -> None:
         """The `triune_http` path's retries: two quick ones for a connection that never reached the server (nothing
@@ -90,7 +98,7 @@ class TriuneVLLMClient(VLLMClient):
         def checked(method, url, *args, **kwargs):
             kwargs.setdefault("timeout", self.timeout)
             try:
-                return request(method, url, *args, **kwargs)
+                response = request(method, url, *args, **kwargs)
             except requests.exceptions.RequestException as exc:
                 path = url.removeprefix(self.base_url)
                 raise VLLMServerError(
@@ -98,8 +106,19 @@ class TriuneVLLMClient(VLLMClient):
                     "its log says why; restart it (`triune vllm-serve`) and resume from the last checkpoint "
                     "(--resume_from_checkpoint)"
                 ) from None
+            if response.status_code == 401:
+                raise VLLMServerError(self._unauthorized(f"{method} {url.removeprefix(self.base_url)}"))
+            return response
 
         return checked
+
+    def _unauthorized(self, request: str) -> str:
+        """The one line for a 401: the server has a token and this trainer sends none, or another one."""
+        if not self.token_source:
+            return (f"the vLLM server at {self.base_url} requires a bearer token (HTTP 401 on {request}): set "
+                    f"{TOKEN_FILE_ENV} (or {TOKEN_ENV}) to the token it was started with")
+        return (f"the vLLM server at {self.base_url} refused the bearer token from {self.token_source} (HTTP 401 on "
+                f"{request}): give the trainer the token the server was started with")
 
     def init_communicator(self, device=0):
         """TRL's NCCL communicator, unless the server runs `triune_http`: then only the HTTP engine is opened."""

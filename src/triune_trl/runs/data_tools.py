@@ -55,7 +55,12 @@ def _sizing_and_resize(args: argparse.Namespace) -> tuple[Any, Any]:
 def _config(args: argparse.Namespace):
     from ..data.config import load_data_config
 
-    return load_data_config(args.data_config, data_root=args.data_root) if args.data_config else None
+    if not args.data_config:
+        return None
+    if not Path(args.data_config).is_file():
+        raise DataError(f"--data-config {args.data_config}: no such file; pass a data config YAML (data_configs/ has "
+                        "examples)")
+    return load_data_config(args.data_config, data_root=args.data_root, root_option="--data-root")
 
 
 def _spec(path: str, config, args: argparse.Namespace):
@@ -76,10 +81,24 @@ def _spec(path: str, config, args: argparse.Namespace):
     return replace(spec, options=replace(spec.options, **flags)) if flags else spec
 
 
+def _check_data_file(path: str) -> None:
+    """`DataError` naming a data file that is not there, before a reader meets it (pyarrow's FileNotFoundError
+    traceback, or a JSON reader's)."""
+    file = Path(path).expanduser()
+    if file.is_file():
+        return
+    what = "a folder, not a data file" if file.is_dir() else "no such file"
+    hint = ("pass one file of it (e.g. its train/*.parquet), or --data-config F for a whole config" if file.is_dir()
+            else "check the path; `triune data make-sample DIR` writes a sample set to try")
+    raise DataError(f"{path}: {what}; {hint}")
+
+
 def _specs(args: argparse.Namespace, paths: list[str]) -> list:
     """The files a command works on: the given paths, or every file of the config's selected splits."""
     config = _config(args)
     if paths:
+        for path in paths:
+            _check_data_file(path)
         return [_spec(path, config, args) for path in paths]
     if config is None:
         raise DataError("give data files, or --data-config F to take every file it lists")

@@ -58,7 +58,7 @@ def evaluate_checkpoint(
     if out_dir is None:
         out_dir = Path(model) / f"eval_{split}" if Path(model).is_dir() else Path(f"eval_{split}")
     processor = load_processor(model, "--model", padding_side="left", truncation_side="left")
-    config = load_data_config(data_config, data_root=data_root)
+    config = load_data_config(data_config, data_root=data_root, root_option="--data-root")
     rescale = ReleaseRescale() if rescale_images else None
     dataset = load_split(config, split, ImageSizing.from_processor(processor), rescale=rescale)
     if dataset is None:

@@ -1,21 +1,24 @@
 """`triune preflight --config RECIPE [overrides]`: what a run will meet, in seconds, before any GPU is rented.
 
-Reads the recipe exactly as `triune train` does (the same parser and overrides), loads the processor only (no model
-weights, no GPU), and reports in one table:
+First the paths the recipe names, as `triune train` checks them (`checks.check_recipe_paths`): a model or data folder
+that does not exist, or a Hub id that cannot load now, is one line within seconds. Then it reads the recipe exactly as
+`triune train` does (the same parser and overrides), loads the processor only (no model weights, no GPU), and
+reports in one table:
 
 * data: every row checked as training checks it (`FILE:ROW: field: message`), without decoding a pixel;
 * prompt tokens per data source (p50 / p99 / max, text and image tokens, `data.prompt_length`) and the rows over
   `max_prompt_length`, with what the run will do with them (`overlong_prompts`);
-* batch geometry for `--num-processes` training processes: completions per optimizer step, per generation round,
-  optimizer updates per rollout batch, steps per epoch and in all;
+* batch geometry for `--num-processes` training processes (default: 1 for a `use_cpu` recipe, else 8): completions
+  per optimizer step, per generation round, optimizer updates per rollout batch, steps per epoch and in all (0 is
+  a FAIL: the run would train nothing);
 * host memory per rank for images: one generation round's decoded images (`data.deferred_images`) and its buffered
   `pixel_values` (`image_buffers`);
 * the reward servers' /health and the vLLM server's reachability, served model and context (its real
   `max_model_len`, from /v1/models, against max_prompt_length + max_completion_length), when the recipe uses them.
 
 Exit status 1 when anything would stop the run (a bad row, prompts over budget in error mode, every row over budget,
-max_prompt_length + max_completion_length over vllm_max_model_length, a reward server or the vLLM server down, a
-processor that does not load), else 0.
+max_prompt_length + max_completion_length over vllm_max_model_length, zero optimizer steps, a reward server or the
+vLLM server down, a processor that does not load), else 0.
 """
 
 from __future__ import annotations
@@ -143,15 +146,17 @@ def _token_rows(report: Report, split: str, script_args, scans, counts) -> None:
                    FAIL if stop else WARN)
 
 
-def check_geometry(report: Report, training_args, processes: int, facts: dict[str, float]) -> dict[str, float]:
-    """Completions per step and per round, updates per rollout batch, steps per epoch, for `processes` ranks."""
+def check_geometry(report: Report, training_args, world: tuple[int, str], facts: dict[str, float]) -> dict[str, float]:
+    """Completions per step and per round, updates per rollout batch, steps per epoch and in all, for `world`
+    (processes, where that number comes from). Zero steps is a FAIL: such a run trains nothing."""
+    processes, source = world
     args = training_args
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     spg = args.steps_per_generation
     per_round = args.per_device_train_batch_size * processes * spg
     prompts_per_round = per_round // args.num_generations
     updates = spg * args.num_iterations / args.gradient_accumulation_steps
-    report.add("batch geometry", "training processes", f"{processes} (--num-processes)")
+    report.add("batch geometry", "training processes", f"{processes} ({source})")
     report.add("batch geometry", "completions per optimizer step",
                f"{per_step} = {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
                f"accumulation x {processes}")
@@ -167,11 +172,19 @@ def check_geometry(report: Report, training_args, processes: int, facts: dict[st
         rounds = int(rows // prompts_per_round) if prompts_per_round else 0
         steps_per_epoch = int(rounds * spg * args.num_iterations // args.gradient_accumulation_steps)
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        fewer = ""
+        if not steps_per_epoch:
+            fewer = ("; fewer rows than one round: add rows, or lower per_device_train_batch_size, "
+                     "steps_per_generation or --num-processes" if not rounds else "; a round is fewer micro-batches "
+                     "than gradient_accumulation_steps: lower it, or raise steps_per_generation")
         report.add("batch geometry", "steps per epoch",
-                   f"{steps_per_epoch} ({rounds} rounds of {prompts_per_round} prompts, {int(rows)} rows kept)",
+                   f"{steps_per_epoch} ({rounds} rounds of {prompts_per_round} prompts, {int(rows)} rows kept){fewer}",
                    OK if steps_per_epoch else FAIL)
+        nothing = "" if total else (": nothing would be trained (0 steps per epoch, above)" if not steps_per_epoch
+                                     else ": nothing would be trained; raise --num_train_epochs or set --max_steps")
         report.add("batch geometry", "optimizer steps in all",
-                   f"{total}" + (" (max_steps)" if args.max_steps > 0 else f" ({args.num_train_epochs:g} epochs)"))
+                   f"{total}" + (" (max_steps)" if args.max_steps > 0 else f" ({args.num_train_epochs:g} epochs)")
+                   + nothing, OK if total else FAIL)
     return out
 
 
@@ -288,11 +301,34 @@ def render(report: Report) -> None:
                   else "preflight: ok")
 
 
+GPU_PROCESSES = 8  # the Orsta recipes' one node of training GPUs (their tables: 8, 16, 64)
+
+
+def training_processes(given: int | None, recipe_values: dict[str, str]) -> tuple[int, str]:
+    """The world preflight computes the batch geometry for, and where that number comes from.
+
+    `--num-processes` when given; else the recipe's own: a `use_cpu` recipe is one process (`triune train` on a CPU,
+    as tiny_cpu.yaml runs), a GPU recipe GPU_PROCESSES. Read from the recipe before parsing, because preflight parses
+    with `--use_cpu true` added (no accelerator needed here).
+    """
+    if given is not None:
+        return given, "--num-processes"
+    if str(recipe_values.get("use_cpu", "")).lower() in {"true", "1", "yes"}:
+        return 1, "use_cpu recipe: one process; --num-processes N for a multi-process CPU run"
+    return GPU_PROCESSES, f"a GPU recipe: one node of {GPU_PROCESSES}; --num-processes N for yours"
+
+
 def run_preflight(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="triune preflight", add_help=False)
-    parser.add_argument("--num-processes", type=int, default=8,
-                        help="training processes the run will have (the Orsta recipes' tables: 8, 16, 64)")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="training processes the run will have (default: 1 for a use_cpu recipe, else 8, the "
+                        "Orsta recipes' one node; their tables: 8, 16, 64)")
     ours, recipe_argv = parser.parse_known_args(list(argv))
+    from ..checks import check_recipe_paths, recipe_values
+
+    # a missing model or data folder, or a Hub id that cannot load: one line before anything heavy is imported
+    check_recipe_paths(recipe_argv)
+    processes = training_processes(ours.num_processes, recipe_values(recipe_argv, ["use_cpu"]))
     import datasets
     from transformers import AutoProcessor
 
@@ -323,7 +359,7 @@ def run_preflight(argv: Sequence[str]) -> int:
         except DataError as exc:
             report.add("data", "data config", str(exc).splitlines()[0], FAIL)
             report.details += str(exc).splitlines()[1:MAX_PROBLEM_LINES]
-    geometry = check_geometry(report, training_args, ours.num_processes, facts)
+    geometry = check_geometry(report, training_args, processes, facts)
     check_memory(report, training_args, facts, geometry)
     check_reward_servers(report, script_args)
     check_vllm_server(report, training_args, model, script_args.max_prompt_length)

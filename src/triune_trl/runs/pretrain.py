@@ -281,7 +281,7 @@ def build_trainer(script_args: PretrainArguments, training_args, model_args):
         raise UsageError(f"--stage {script_args.stage!r} is not a stage; choose one of {', '.join(STAGES)}")
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise UsageError("--max_steps must be set: the rows are an endless stream")
-    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path", revision=model_args.model_revision)
     set_seed(training_args.seed)
     processor = load_processor(model_args.model_name_or_path, "--model_name_or_path")
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)

@@ -13,11 +13,18 @@ from pathlib import Path
 from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from ..checks import check_data_root, check_launch_precision, check_model_path, load_processor, parse_recipe_args
+from ..checks import (
+    check_data_root,
+    check_launch_precision,
+    check_model_path,
+    end_launched_run,
+    load_processor,
+    parse_recipe_args,
+)
 from ..configs import TriuneGRPOConfig, TriuneScriptArguments
 from ..data import ImageSizing, load_data_config, load_split, make_image_resize
 from ..data.prompt_length import PromptLimit, PromptTokenCounter
-from ..errors import DataError, UsageError
+from ..errors import DataError, TriuneError, UsageError, fit
 from ..models.expert_layout import write_released_layout
 from ..models.lora import apply_lora_defaults
 from ..rewards import RewardRouter
@@ -43,7 +50,11 @@ def parse_args(argv: list[str] | None = None, command: str = "triune train"):
     """(script_args, training_args, model_args) of a command line; a wrong option or launch setting is a one-line
     `UsageError` (`triune_trl.checks`) rather than a traceback."""
     parsed = parse_recipe_args(make_parser(), list(sys.argv[1:] if argv is None else argv), command)
-    check_launch_precision(parsed[1])
+    try:
+        check_launch_precision(parsed[1])
+    except UsageError as error:
+        end_launched_run(error)  # under accelerate launch: one line, no ChildFailedError traceback
+        raise
     return parsed
 
 
@@ -98,11 +109,10 @@ def check_length_budget(script_args: TriuneScriptArguments, training_args: GRPOC
         return
     need = script_args.max_prompt_length + training_args.max_completion_length
     if need > limit:
-        raise UsageError(
-            f"max_prompt_length {script_args.max_prompt_length} + max_completion_length "
-            f"{training_args.max_completion_length} = {need} tokens is over vllm_max_model_length {limit}: vLLM would "
-            "refuse (HTTP 400) or cut such prompts; lower --max_prompt_length or raise --vllm_max_model_length"
-        )
+        over = (f"max_prompt_length {script_args.max_prompt_length} + max_completion_length "
+                f"{training_args.max_completion_length} = {need} tokens is over vllm_max_model_length {limit}")
+        fix = "lower --max_prompt_length or raise --vllm_max_model_length"
+        raise UsageError(fit(f"{over}: vLLM would refuse (HTTP 400) or cut such prompts; {fix}", f"{over}: {fix}"))
 
 
 def build_trainer(
@@ -113,7 +123,7 @@ def build_trainer(
         raise UsageError(
             "--model_name_or_path is required (a Hub id or a local folder, e.g. artifacts/tiny-qwen2.5-vl)"
         )
-    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path", revision=model_args.model_revision)
     check_data_root(script_args.data_root, "--data_root")
     check_length_budget(script_args, training_args)
     check_world_size(training_args.world_size)  # before any data loading: N silent copies of one run are worse
@@ -211,7 +221,11 @@ def run(
     """
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # no Trainer push at init or on every save: one push of the final folder below
-    trainer = build_trainer(script_args, training_args, model_args)
+    try:
+        trainer = build_trainer(script_args, training_args, model_args)
+    except TriuneError as error:
+        end_launched_run(error)  # under accelerate launch: one line, no ChildFailedError traceback
+        raise
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     output_dir = save_final_model(trainer, training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the per-source log history `triune plot` reads

@@ -117,8 +117,8 @@ def sft_target(reward_model: dict[str, Any], image_size: tuple[int, int] | None)
     if verifier == "tag":
         return gold
     raise DataError(
-        f"the warm start writes targets for the verifiers {', '.join(SUPPORTED_VERIFIERS)}; got {verifier!r}. "
-        "Drop those rows with --data_sources or add the verifier's target to triune_trl.runs.warm_start.sft_target"
+        f"the warm start writes targets for {', '.join(SUPPORTED_VERIFIERS)} rows, not {verifier!r}: drop those rows "
+        "(--data_sources) or add its target to runs.warm_start.sft_target"
     )
 
 
@@ -207,7 +207,7 @@ def build_trainer(script_args: WarmStartArguments, training_args, model_args):
 
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required (e.g. artifacts/tiny-qwen2.5-vl-learn)")
-    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path", revision=model_args.model_revision)
     check_data_root(script_args.data_root, "--data_root")
     set_seed(training_args.seed)
     processor = load_processor(model_args.model_name_or_path, "--model_name_or_path",
