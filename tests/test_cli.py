@@ -12,6 +12,8 @@ import pytest
 
 from triune_trl.data.make_sample import DETECTION_VERIFIER_PARM
 
+from .conftest import printed_length
+
 TRIUNE = [str(Path(sys.executable).with_name("triune"))] if shutil.which("triune") is None else ["triune"]
 
 
@@ -108,7 +110,7 @@ def test_the_vllm_serve_ready_lines_fit_a_terminal(tmp_path):
     model = str(tmp_path / "tiny-qwen2.5-vl")
     lines = ready_lines("http://127.0.0.1:8000", 123456, {"id": model, "max_model_len": 1024}, "triune_http",
                         "127.0.0.1", 8000).splitlines()
-    assert len(lines) == 2 and all(len(line) <= 200 for line in lines), lines
+    assert len(lines) == 2 and all(printed_length(line) <= 200 for line in lines), lines
     assert re.match(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)", lines[0])
     assert lines[1] == ("triune vllm-serve: train with --use_vllm true --vllm_mode server --vllm_server_host "
                         "127.0.0.1 --vllm_server_port 8000")

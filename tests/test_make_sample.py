@@ -12,7 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from triune_trl.data.make_sample import SAMPLE_SOURCES, SAMPLE_TASKS, SHAPE_COLOURS, make_sample_dataset
+from triune_trl.data.cot_prompts import DIRECT_CLOSE_FORM, DIRECT_FREE_FORM
+from triune_trl.data.make_sample import (
+    SAMPLE_SOURCES,
+    SAMPLE_TASKS,
+    SHAPE_COLOURS,
+    direct_completion,
+    make_sample_dataset,
+)
 
 FILE_NAME = re.compile(r"^(train|test)_([a-z0-9]+)_([a-z0-9]+)_(\d+)\.parquet$")
 EXPECTED_TASKS = {"math", "puzzle", "science", "chart", "detection", "grounding", "counting", "ocr", "format"}
@@ -233,3 +240,74 @@ def test_rerun_with_other_counts_replaces_the_old_files(tmp_path: Path) -> None:
 def test_rejects_empty_splits(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         make_sample_dataset(tmp_path, train_rows=0)
+
+
+# --- `--answer-style direct` (issue 24): short completions for fast RL, scored by the unchanged verifiers ---------
+
+
+@pytest.fixture(scope="module")
+def both_styles(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path]]:
+    root = tmp_path_factory.mktemp("styles")
+    think = make_sample_dataset(root / "think", seed=5, train_rows=6, test_rows=2)
+    direct = make_sample_dataset(root / "direct", seed=5, train_rows=6, test_rows=2, answer_style="direct")
+    return think, direct
+
+
+def test_direct_style_changes_only_the_prompt(both_styles: tuple[list[Path], list[Path]]) -> None:
+    think, direct = both_styles
+    assert [p.name for p in think] == [p.name for p in direct]
+    for think_path, direct_path in zip(think, direct, strict=True):
+        for a, b in zip(rows_of(think_path), rows_of(direct_path), strict=True):
+            assert {k: v for k, v in a.items() if k != "prompt"} == {k: v for k, v in b.items() if k != "prompt"}
+            question, direct_question = a["prompt"][0]["content"], b["prompt"][0]["content"]
+            verifier = a["reward_model"]["verifier"]
+            if verifier == "mathverify":  # the question, then the direct instruction of the row's form
+                form = DIRECT_FREE_FORM if a["reward_model"]["format_ratio"] == 0 else DIRECT_CLOSE_FORM
+                assert direct_question == f"{question}\n\n{form}"
+            elif verifier == "detection":  # the think-first instruction is swapped for a direct one
+                assert "First think" in question and "First think" not in direct_question
+                assert direct_question.startswith(question.split(" First think")[0])
+                assert direct_question.endswith('Answer directly, in the form:\n<think>\n</think>\n<answer>\n'
+                                                '[{"bbox_2d": [x1, y1, x2, y2], "label": "object name"}]\n</answer>')
+            else:
+                assert direct_question == question
+
+
+def test_direct_completions_get_the_full_reward_from_the_real_verifiers(
+    both_styles: tuple[list[Path], list[Path]],
+) -> None:
+    from triune_trl.rewards import score_sample
+
+    seen = set()
+    for row in all_rows(both_styles[1]):
+        spec = row["reward_model"]
+        size = Image.open(io.BytesIO(row["images"][0]["bytes"])).size if row["images"] else None
+        for seen_size in [size, (112, 112)] if size else [None]:  # as stored, and as the `see` model sees it
+            right = score_sample(direct_completion(spec, seen_size), spec, image_size=seen_size, step=0, total_steps=10)
+            assert right["accuracy_reward"] == 1.0 and right["final_reward"] == pytest.approx(1.0), (row, right)
+            if spec["format_ratio"]:
+                assert right["format_reward"] == 1.0, (row["data_source"], direct_completion(spec, seen_size))
+        wrong = score_sample("\\boxed{nothing}", spec, image_size=size, step=0, total_steps=10)
+        assert wrong["accuracy_reward"] == 0.0
+        seen.add(row["data_source"])
+    assert seen == {source.data_source for source in SAMPLE_SOURCES}
+
+
+def test_direct_completions_are_short() -> None:
+    free = {"verifier": "mathverify", "format_ratio": 0.0, "ground_truth": "\\boxed{3}"}
+    close = {**free, "format_ratio": 0.1, "ground_truth": "\\boxed{B}"}
+    assert direct_completion(free) == "\\boxed{3}"
+    assert direct_completion(close) == "<think>\n</think>\n<answer>\n\\boxed{B}\n</answer>"
+    with pytest.raises(ValueError, match="image size"):
+        direct_completion({"verifier": "detection", "format_ratio": 0.1, "ground_truth": "<answer>\n[]\n</answer>"})
+
+
+def test_cli_answer_style_flag_and_unknown_styles(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from triune_trl.cli import main
+
+    assert main(["data", "make-sample", str(tmp_path / "d"), "--train-rows", "1", "--test-rows", "1",
+                 "--answer-style", "direct"]) == 0
+    (row,) = rows_of(tmp_path / "d" / "train" / "train_ocr_estvqa_1.parquet")
+    assert row["prompt"][0]["content"].endswith(DIRECT_FREE_FORM)
+    with pytest.raises(ValueError, match="answer_style"):
+        make_sample_dataset(tmp_path / "e", answer_style="short")

@@ -27,10 +27,13 @@ from typing import Any
 __all__ = [
     "CLOSE_FORM_FIRST",
     "CLOSE_FORM_SECOND",
+    "DIRECT_CLOSE_FORM",
+    "DIRECT_FREE_FORM",
     "FREE_FORM_FIRST",
     "FREE_FORM_SECOND",
     "append_to_last_turn",
     "cot_instruction",
+    "direct_instruction",
     "row_rng",
 ]
 
@@ -151,3 +154,24 @@ def append_to_last_turn(messages: list[dict[str, Any]], text: str) -> list[dict[
     else:
         parts.append({"type": "text", "text": text})
     return [*messages[:-1], {**last, "content": parts}]
+
+
+# --- direct answers (`triune data make-sample --answer-style direct`; not from the release) ---------------------
+# Why: a tiny model's 30-40-token grounded <think> makes RL slow (a step's generation, log-prob forward and
+# backward all grow with the completion) and wanders at temperature 1 (issue 24). These instructions ask for the
+# answer in the verifier's own form with no reasoning, so a completion is 5-15 tokens. The instructions are short
+# too (14 and 25 tokens of the tiny tokenizer against 31-87 for the release's): every prompt token is processed
+# once per completion in the loss forward and backward. They are written into the stored prompt by the generator;
+# a data config of such rows sets `cot_prompts: false`, or the loader would append a "step by step" instruction
+# that contradicts them.
+DIRECT_FREE_FORM = "Answer directly, with only the final answer in \\boxed{}."
+# Close form: the layout the format reward wants, with an empty think (the shortest text that earns it).
+DIRECT_CLOSE_FORM = "Answer directly, in the form <think>\n</think>\n<answer>\n\\boxed{answer here}\n</answer>."
+
+
+def direct_instruction(reward_model: Any) -> str | None:
+    """The direct-answer instruction for a mathverify row (free or close form, as `cot_instruction` chooses), or
+    None for other verifiers, whose rows carry their own instruction."""
+    if not isinstance(reward_model, Mapping) or reward_model.get("verifier") != COT_VERIFIER:
+        return None
+    return "\n\n" + (DIRECT_FREE_FORM if reward_model.get("format_ratio") == 0 else DIRECT_CLOSE_FORM)

@@ -29,15 +29,22 @@ The visuals are made to be learnable from pixels by a small model in minutes (th
 every image is a 224 px square (what the `learn` tiny model sees without resizing), shapes are 44 px, high-contrast
 and sit in distinct cells of a 4 x 4 grid, and answers come from small ranges (1-6 shapes to count, 2-4 bars of
 values 1-6, sums of two digits, one of eight words, three options). Difficulty still differs per task.
+
+Answer styles (`answer_style`, `triune data make-sample --answer-style`): "think" (default) stores the questions as
+above; "direct" (issue 24) appends an instruction to answer at once in the verifier's form (`direct_question`), so
+a correct completion (`direct_completion`) is 5-15 tokens instead of a 30-40-token grounded think, and RL steps get
+cheaper. Same images, golds and reward specs for a seed in both styles; read direct rows with `cot_prompts: false`.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
 import functools
 import io
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +53,10 @@ import datasets
 from datasets import Dataset, Features, List, Value
 from PIL import Image, ImageDraw, ImageFont
 
+from triune_trl.data.cot_prompts import direct_instruction
+
 __all__ = [
+    "ANSWER_STYLES",
     "DETECTION_VERIFIER_PARM",
     "ORSTA_FEATURES",
     "SAMPLE_SOURCES",
@@ -54,6 +64,8 @@ __all__ = [
     "SHAPE_COLOURS",
     "SHAPES",
     "SampleSource",
+    "direct_completion",
+    "direct_question",
     "make_sample_dataset",
 ]
 
@@ -124,6 +136,16 @@ _DETECTION_INSTRUCTION = (
     "<answer> </answer> tags, for example:\n<think>\nreasoning process here\n</think>\n<answer>\n"
     '[{"bbox_2d": [x1, y1, x2, y2], "label": "object name"}]\n</answer>'
 )
+# `--answer-style direct` (issue 24): the detection instruction without reasoning; the empty think block keeps the
+# layout the detection format reward looks for ("\n<answer>\n" ... "\n</answer>").
+_DETECTION_DIRECT_INSTRUCTION = (
+    "Answer directly, in the form:\n<think>\n</think>\n<answer>\n"
+    '[{"bbox_2d": [x1, y1, x2, y2], "label": "object name"}]\n</answer>'
+)
+# How completions are asked for: "think" (the release's prompts; the default, byte-identical to earlier versions)
+# or "direct" (the answer in the verifier's form, no reasoning: 5-15 tokens instead of 30-40; issue 24).
+ANSWER_STYLES = ("think", "direct")
+_EMPTY_THINK = "<think>\n</think>\n<answer>\n{answer}\n</answer>"
 _TAG = "<ok>"
 _TAG_PROMPTS = (
     f"Reply with the tag {_TAG}.",
@@ -517,6 +539,60 @@ SAMPLE_SOURCES: tuple[SampleSource, ...] = (
 SAMPLE_TASKS: tuple[str, ...] = tuple(dict.fromkeys(source.task for source in SAMPLE_SOURCES))
 
 
+# ---------------------------------------------------------------------------------------------- answer styles
+
+
+def _reward_form(source: SampleSource) -> dict[str, Any]:
+    """The part of a row's reward spec that decides which instruction and layout apply."""
+    return {"verifier": source.verifier, "format_ratio": source.format_ratio}
+
+
+def direct_question(source: SampleSource, question: str) -> str:
+    """The `--answer-style direct` form of a generated question: the same task, asking for the answer alone.
+
+    mathverify rows get the direct instruction of their form (`cot_prompts.direct_instruction`) in the stored
+    prompt; detection and grounding rows swap their think-first instruction for a direct one; other rows (the tag
+    task) already ask for the answer alone.
+    """
+    if source.verifier == "detection":
+        if not question.endswith(_DETECTION_INSTRUCTION):
+            raise RuntimeError(f"{source.data_source}: the question does not end with the detection instruction")
+        return question[: -len(_DETECTION_INSTRUCTION)] + _DETECTION_DIRECT_INSTRUCTION
+    return question + (direct_instruction(_reward_form(source)) or "")
+
+
+def _pixel_box_list(gold: str, size: tuple[int, int]) -> str:
+    """A detection gold ("<answer>\\n[...]\\n</answer>", boxes on the 0-1000 grid) as the box list a model writes:
+    pixel coordinates of an image of `size`, which the verifier normalises back with `_normalize_box`'s rule."""
+    width, height = size
+    boxes = ast.literal_eval(gold.strip()[len("<answer>") : -len("</answer>")].strip())
+    for box in boxes:
+        x1, y1, x2, y2 = box["bbox_2d"]
+        box["bbox_2d"] = [round(x1 * width / 1000), round(y1 * height / 1000), round(x2 * width / 1000),
+                          round(y2 * height / 1000)]
+    return repr(boxes)
+
+
+def direct_completion(reward_model: Mapping[str, Any], image_size: tuple[int, int] | None = None) -> str:
+    """The correct completion of a direct-answer row (its stored `reward_model`), in the layout its verifier scores
+    in full.
+
+    Free-form mathverify rows (format_ratio 0) do not weigh format, so the boxed gold alone (5-6 tokens) is
+    complete; close-form mathverify and detection rows weigh format, so the answer sits in the tag layout behind an
+    empty think block (about 14 tokens). Detection boxes are written in pixels of `image_size` (the image as the
+    model sees it), as the prompt asks. What a direct warm start is trained on, and what the tests score with the
+    real verifiers.
+    """
+    gold = reward_model["ground_truth"]
+    if reward_model["verifier"] == "detection":
+        if image_size is None:
+            raise ValueError("a detection row's completion is in pixels: pass the image size the model sees")
+        return _EMPTY_THINK.format(answer=_pixel_box_list(gold, image_size))
+    if reward_model["verifier"] == "mathverify" and reward_model["format_ratio"] != 0:
+        return _EMPTY_THINK.format(answer=gold)
+    return gold
+
+
 # -------------------------------------------------------------------------------------------------------- rows
 
 
@@ -549,10 +625,18 @@ def _file_rng(seed: int, split: str, source: SampleSource) -> random.Random:
     return random.Random(f"triune-sample:{seed}:{split}:{source.data_source}")
 
 
-def _rows(source: SampleSource, split: str, count: int, seed: int) -> list[dict[str, Any]]:
+def _styled(source: SampleSource, example: Example, answer_style: str) -> Example:
+    """The example with its question in the answer style; drawing is untouched, so every style has the same
+    images and golds for a seed."""
+    if answer_style == "think":
+        return example
+    return dataclasses.replace(example, question=direct_question(source, example.question))
+
+
+def _rows(source: SampleSource, split: str, count: int, seed: int, answer_style: str = "think") -> list[dict[str, Any]]:
     """`count` rows of one source and split."""
     rng = _file_rng(seed, split, source)
-    return [_row(source, split, index, source.build(rng)) for index in range(count)]
+    return [_row(source, split, index, _styled(source, source.build(rng), answer_style)) for index in range(count)]
 
 
 @contextlib.contextmanager
@@ -582,15 +666,21 @@ def _remove_stale(directory: Path, split: str, source: SampleSource) -> None:
             stale.unlink()
 
 
-def make_sample_dataset(out_dir: str | Path, *, seed: int = 0, train_rows: int = 24, test_rows: int = 4) -> list[Path]:
+def make_sample_dataset(
+    out_dir: str | Path, *, seed: int = 0, train_rows: int = 24, test_rows: int = 4, answer_style: str = "think"
+) -> list[Path]:
     """Write the sample set under `out_dir/train` and `out_dir/test` and return the files, train first.
 
     Every source of `SAMPLE_SOURCES` gets `train_rows` training rows and `test_rows` test rows. The same seed gives
     byte-identical files (with the same Pillow, zlib and pyarrow versions); earlier sample files of the same
-    sources in `out_dir` are replaced.
+    sources in `out_dir` are replaced. `answer_style` "direct" asks for the answer alone in the verifier's form
+    (`direct_question`; same images, golds and reward specs as "think"); read such rows with `cot_prompts: false`
+    (data_configs/sample_see_direct.yaml).
     """
     if train_rows < 1 or test_rows < 1:
         raise ValueError(f"train_rows and test_rows must be at least 1, got {train_rows} and {test_rows}")
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {', '.join(ANSWER_STYLES)}, got {answer_style!r}")
     written: list[Path] = []
     for split, count in (("train", train_rows), ("test", test_rows)):
         directory = Path(out_dir) / split
@@ -598,6 +688,6 @@ def make_sample_dataset(out_dir: str | Path, *, seed: int = 0, train_rows: int =
         for source in SAMPLE_SOURCES:
             _remove_stale(directory, split, source)
             path = directory / source.file_name(split, count)
-            _write_parquet(_rows(source, split, count, seed), path)
+            _write_parquet(_rows(source, split, count, seed, answer_style), path)
             written.append(path)
     return written

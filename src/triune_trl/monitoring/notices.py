@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["KNOWN_NOTICES", "install"]
+__all__ = ["CPU_ONLY_NOTICES", "KNOWN_NOTICES", "install"]
 
-# logger name -> the start of the messages of that logger that are dropped
+_NO_FRAME_CAP = "video processing does not apply the per-frame pixel cap"
+# logger name -> text in the messages of that logger that are dropped
 KNOWN_NOTICES: dict[str, tuple[str, ...]] = {
     "torch._opaque_base": ("torch._opaque_base is deprecated",),
     "torch._library.opaque_object": ("register_opaque_type is deprecated", "typ='value' is deprecated"),
@@ -26,25 +27,39 @@ KNOWN_NOTICES: dict[str, tuple[str, ...]] = {
     # the top-level ones from the tokenizer on every Qwen2.5-VL run, released checkpoints included, and says so in a
     # 280-character line. The tiny builder writes ids that agree (tests/test_tiny.py); the loaded config drops them.
     "transformers.trainer_utils": ("The tokenizer has new PAD/BOS/EOS tokens that differ from the model config",),
+    # vLLM's multimodal profiling builds the video processor of every Qwen-VL model; nothing here trains on video
+    "transformers.models.qwen2_vl.video_processing_qwen2_vl": (_NO_FRAME_CAP,),
+    "transformers.models.qwen3_vl.video_processing_qwen3_vl": (_NO_FRAME_CAP,),
+}
+# Dropped only on hosts without CUDA: there the fast kernels named cannot be installed, on GPUs the advice stands.
+CPU_ONLY_NOTICES: dict[str, tuple[str, ...]] = {
+    "transformers.integrations.hub_kernels": ("is falling back to its reference PyTorch implementation",),
 }
 
 
 class _DropKnownNotices(logging.Filter):
-    """Drops a logger's records below ERROR whose message starts with one of its known notices."""
+    """Drops a logger's records below ERROR whose message holds one of its known notices."""
 
-    def __init__(self, prefixes: tuple[str, ...]):
+    def __init__(self, notices: tuple[str, ...], cpu_only: bool = False):
         super().__init__()
-        self.prefixes = prefixes
+        self.notices, self.cpu_only = notices, cpu_only
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
+        if record.levelno >= logging.ERROR or not any(notice in str(record.msg) for notice in self.notices):
             return True
-        return not str(record.msg).startswith(self.prefixes)
+        return self.cpu_only and _has_cuda()
+
+
+def _has_cuda() -> bool:
+    import torch  # the record comes from a library that imported torch already
+
+    return torch.cuda.is_available()
 
 
 def install() -> None:
     """Filter the known notices from now on (idempotent: a logger gets one filter however often this runs)."""
-    for name, prefixes in KNOWN_NOTICES.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, _DropKnownNotices) for existing in logger.filters):
-            logger.addFilter(_DropKnownNotices(prefixes))
+    for table, cpu_only in ((KNOWN_NOTICES, False), (CPU_ONLY_NOTICES, True)):
+        for name, notices in table.items():
+            logger = logging.getLogger(name)
+            if not any(isinstance(existing, _DropKnownNotices) for existing in logger.filters):
+                logger.addFilter(_DropKnownNotices(notices, cpu_only))

@@ -97,9 +97,6 @@ def check_world_size(trainer_world_size: int) -> None:
     launched = launcher_world_size()
     if launched > 1 and trainer_world_size != launched:
         raise DistributedSetupError(
-            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but the trainer sees a world size of "
-            f"{trainer_world_size}: every process would train its own copy of the run. On a host without GPUs pass "
-            f"`--use_cpu true` (torchrun / accelerate DDP) or launch through recipes/grpo_triune.py or `triune train`, "
-            f"which apply triune_trl.trainer.distributed.apply_cpu_distributed_shim before the config is parsed (unset "
-            f"{DISABLE_ENV}). On a GPU host, check that the GPUs are visible to every process."
+            f"started {launched} processes, trainer world size {trainer_world_size} (each would train alone): CPU: "
+            f"--use_cpu true or `triune train` (unset {DISABLE_ENV}); GPU: make the GPUs visible"
         )
