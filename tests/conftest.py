@@ -107,3 +107,22 @@ def user_checkout(tmp_path_factory, sample_data_dir) -> Path:
     (root / "artifacts").mkdir()
     (root / "artifacts" / "sample_data").symlink_to(sample_data_dir)
     return root
+
+
+# What a launcher or TRL's colocate mode puts in the environment of the process that starts a process group.
+DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                         "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_distributed_environment_leaks():
+    """Each test ends with the launcher variables it started with. An in-process vLLM colocate engine sets them for
+    its process group; left behind, every later `triune` subprocess of the same worker believed it was rank 0 of a
+    launched job and tried to open MASTER_PORT (two pytest-xdist workers then collided on port 29500)."""
+    before = {name: os.environ.get(name) for name in DISTRIBUTED_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
