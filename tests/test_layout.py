@@ -11,6 +11,7 @@ hide a dependency.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -46,27 +47,36 @@ def _with_parents(module: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-@cache
-def direct_imports(module: str) -> frozenset[str]:
-    """Every triune_trl module `module`'s source imports, anywhere in the file, parent packages included."""
+def _import_statements(module: str) -> Iterator[tuple[str, list[str]]]:
+    """(imported module, names imported from it) for every import statement of `module`'s source, anywhere in the
+    file, relative imports resolved; `import a.b` gives ("a.b", [])."""
     path = _module_file(module)
     assert path is not None, module
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            for alias in node.names:
+                yield alias.name, []
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            # `from pkg import name` imports pkg, and pkg.name too when that is a module
-            targets = [base] + [f"{base}.{alias.name}" for alias in node.names if _module_file(f"{base}.{alias.name}")]
-        else:
-            continue
-        for target in targets:
+            yield base, [alias.name for alias in node.names]
+
+
+def _submodules(base: str, names: list[str]) -> list[str]:
+    return [f"{base}.{name}" for name in names if _module_file(f"{base}.{name}")]
+
+
+@cache
+def direct_imports(module: str) -> frozenset[str]:
+    """Every triune_trl module `module`'s source imports, anywhere in the file, parent packages included."""
+    found: set[str] = set()
+    for base, names in _import_statements(module):
+        # `from pkg import name` imports pkg, and pkg.name too when that is a module
+        for target in [base, *_submodules(base, names)]:
             found.update(name for name in _with_parents(target) if _module_file(name))
     found.discard(module)
     return frozenset(found)
@@ -113,22 +123,10 @@ def _part(module: str) -> str:
 def explicit_imports(module: str) -> frozenset[str]:
     """The triune_trl modules `module` names in its imports, without the parent packages Python runs on the way
     (`from triune_trl.data import formats` names data.formats, not data/__init__)."""
-    path = _module_file(module)
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            submodules = [f"{base}.{alias.name}" for alias in node.names if _module_file(f"{base}.{alias.name}")]
-            targets = submodules if len(submodules) == len(node.names) else [base, *submodules]
-        else:
-            continue
+    for base, names in _import_statements(module):
+        submodules = _submodules(base, names)
+        targets = submodules if names and len(submodules) == len(names) else [base, *submodules]
         found.update(target for target in targets if _module_file(target))
     found.discard(module)
     return frozenset(found)
