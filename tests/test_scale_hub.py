@@ -153,3 +153,30 @@ def test_one_lora_step_adapts_no_visual_parameter_and_pushes_an_adapter(tmp_path
     assert model.peft_config
     assert not [name for name, _ in model.named_parameters() if "visual" in name and "lora" in name]
     assert (output_dir / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_end_of_a_run_decodes_no_image(tmp_path, tiny_model_dir, sample_data_dir, monkeypatch):
+    """The model card counts rows per source from the `data_source` column alone: at Orsta scale, decoding and
+    rescaling every training image again after training took 30% of a short run's wall time."""
+    from triune_trl.data import loader
+    from triune_trl.runs import train
+
+    state = {"trained": False, "decoded_after": 0}
+    decode, facts = loader.load_image, train.run_facts
+
+    def counting_decode(*args, **kwargs):
+        state["decoded_after"] += state["trained"]
+        return decode(*args, **kwargs)
+
+    def facts_after_training(*args, **kwargs):
+        state["trained"] = True  # run() calls it once training has ended, to write the model card
+        return facts(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "load_image", counting_decode)
+    monkeypatch.setattr(train, "run_facts", facts_after_training)
+    output_dir = _train(tmp_path, tiny_model_dir, sample_data_dir, "--save_strategy", "no")
+    assert state["trained"]
+    assert state["decoded_after"] == 0, f"{state['decoded_after']} images decoded after training"
+    card_facts = json.loads((output_dir / hub.FACTS_FILE).read_text())
+    assert sum(card_facts["train_rows_per_source"].values()) > 0
