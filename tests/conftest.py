@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -126,3 +130,38 @@ def _no_distributed_environment_leaks():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+VLLM_READY = re.compile(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_vllm_server(command: list[str], log: Path, env: dict[str, str], cwd: Path, what: str = "") -> SimpleNamespace:
+    """Start `triune vllm-serve` (`command`), its output to `log`, and wait for its ready line (at most 10 minutes);
+    the test fails with the log's end when it exits first. Returns base (URL), pid (the server's process group) and
+    launcher (the `triune vllm-serve` process)."""
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    deadline, ready = time.monotonic() + 600, None
+    while ready is None and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(1)
+        ready = VLLM_READY.search(log.read_text())
+    if ready is None:
+        launcher.kill()
+        pytest.fail(f"triune vllm-serve{what} did not get ready (exit {launcher.poll()}):\n{log.read_text()[-3000:]}")
+    return SimpleNamespace(base=ready.group(1), pid=int(ready.group(2)), launcher=launcher)
+
+
+def stop_vllm_server(server: SimpleNamespace) -> None:
+    """SIGTERM, as a user's Ctrl-C; the whole process group is killed when it is not gone within a minute."""
+    server.launcher.send_signal(signal.SIGTERM)
+    try:
+        server.launcher.wait(60)
+    except subprocess.TimeoutExpired:
+        server.launcher.kill()
+        os.killpg(server.pid, signal.SIGKILL)

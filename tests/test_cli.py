@@ -102,7 +102,7 @@ def test_reward_score_rejects_a_malformed_line_naming_it(tmp_path):
 
 def test_the_vllm_serve_ready_lines_fit_a_terminal(tmp_path):
     """`triune vllm-serve`'s ready message (the real server prints it in test_vllm_server.py) is two lines of at most
-    200 characters for a tiny model under a temporary folder, the first as test_vllm_server's READY pattern reads it."""
+    200 characters for a tiny model under a temporary folder, the first as conftest.VLLM_READY reads it."""
     import re
 
     from triune_trl.generation.serve import ready_lines

