@@ -331,6 +331,68 @@ def test_a_refused_weight_transfer_request_is_one_line_with_the_servers_reason(r
     run.trainer.vllm_generation.sync_weights()  # the server goes on serving the run
 
 
+# --- one-step off-policy rollouts (async_rollouts) ----------------------------------------------------------------
+
+TIMING_KEYS = ("step_time", "async/", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+               "profiling/")
+
+
+def async_trainer(server, tiny_model_dir, config, out, *options: str) -> TriuneGRPOTrainer:
+    """The recipe's trainer against the module's server on the mixed data, seeded sampling on the server."""
+    _, args, _ = make_parser().parse_args_and_config(args=[
+        "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
+        "--output_dir", str(out), "--vllm_server_port", str(server.port), "--save_strategy", "no",
+        "--disable_tqdm", "true", "--use_cpu", str(DEVICE == "cpu").lower(), "--per_device_train_batch_size", "8",
+        "--vllm_importance_sampling_mode", "token_truncate", *options,
+    ])
+    args.model_init_kwargs = {"dtype": "float32"}
+    args.generation_kwargs = {"seed": 7}  # the server samples the same tokens for the same prompts and weights
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    rows = load_split(load_data_config(config), "train", ImageSizing.from_processor(processor))
+    return TriuneGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward], args=args,
+                             train_dataset=rows, processing_class=processor)
+
+
+def logged_steps(trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_async_rollouts_train_one_step_off_policy_with_the_gap_to_the_generating_weights_near_zero(
+    run, server, tiny_model_dir, tmp_path
+):
+    trainer = async_trainer(server, tiny_model_dir, run.config, tmp_path / "async", "--max_steps", "4",
+                            "--async_rollouts", "true", "--async_check_behaviour_logps", "true")
+    trainer.train()
+    steps = logged_steps(trainer)
+    assert [entry["step"] for entry in steps] == [1, 2, 3, 4]
+    # the first batch has nothing to overlap with; every later one was generated one update before it trained
+    assert [entry["async/staleness"] for entry in steps] == [0.0, 1.0, 1.0, 1.0]
+    behaviour = [entry["async/behaviour_logp_gap/max"] for entry in steps]
+    current = [entry["sampling/sampling_logp_difference/mean"] for entry in steps]
+    print("behaviour-weights gap (max)", behaviour, "gap to the current weights (mean)", current)
+    assert all(0 <= gap < TOLERANCE for gap in behaviour), behaviour
+    # against the weights it trains with, a stale batch shows the step's drift, far above the sync's error
+    assert all(drift > 10 * max(gap, 1e-5) for drift, gap in zip(current[1:], behaviour[1:], strict=True))
+    for entry in steps:
+        assert entry["async/trainer_wait_s"] >= 0 and entry["async/generation_s"] > 0
+    assert all("async/update_s" in entry and "async/server_idle_s" in entry for entry in steps[1:])
+    seen = [{key.split("/", 1)[1] for key in entry if key.startswith("num_completions/")} for entry in steps]
+    assert set().union(*seen) == {"text_math", "clevr", "puzzlevqa"}, seen
+
+
+@pytest.mark.slow
+def test_max_staleness_0_is_the_synchronous_run(run, server, tiny_model_dir, tmp_path):
+    runs = []
+    for name, options in (("sync", []), ("staleness0", ["--async_rollouts", "true", "--max_staleness", "0"])):
+        trainer = async_trainer(server, tiny_model_dir, run.config, tmp_path / name, "--max_steps", "3", *options)
+        trainer.train()
+        runs.append([{key: value for key, value in entry.items() if not key.startswith(TIMING_KEYS)}
+                     for entry in trainer.state.log_history])
+    sync, staleness0 = runs
+    assert len(sync) == 4 and sync == staleness0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # a hang would be the failure
 def test_a_server_that_dies_mid_run_ends_training_with_one_line(run, server):

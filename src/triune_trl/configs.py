@@ -275,6 +275,32 @@ class TriuneGRPOConfig(GRPOConfig):
         },
     )
 
+    async_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "vLLM server mode only: the server generates the next batch, with the weights before this "
+            "update, while the trainer takes its update (one-step off-policy, corrected by decoupled PPO with TRL's "
+            "importance sampling; triune_trl.trainer.async_rollouts, docs/scaling.md). Needs use_vllm, vllm_mode "
+            "server and vllm_importance_sampling_correction."
+        },
+    )
+    max_staleness: int = field(
+        default=1,
+        metadata={
+            "help": "With async_rollouts: optimizer steps between the weights that generate a batch and the update "
+            "on it. 1: generation overlaps the update; 0: each batch is generated at its own step, the synchronous "
+            "run bit for bit."
+        },
+    )
+    async_check_behaviour_logps: bool = field(
+        default=False,
+        metadata={
+            "help": "With async_rollouts: keep a copy of the weights each batch was generated with and log the "
+            "trainer's log-probs under them against vLLM's (async/behaviour_logp_gap/*, ~0 when the weight sync is "
+            "right). Costs one copy of this process's weights and one forward pass per batch: for checks, not runs."
+        },
+    )
+
     def __post_init__(self):
         unknown = sorted(set(self.freeze_modules) - set(FREEZABLE_MODULES))
         if unknown:
@@ -282,6 +308,7 @@ class TriuneGRPOConfig(GRPOConfig):
                 f"--freeze_modules: unknown module(s) {unknown}; choose among {list(FREEZABLE_MODULES)}, "
                 "e.g. `freeze_modules: [vit, connector]` in the recipe"
             )
+        self._check_async_rollouts()
         if self.vision_pad_replacement == "":
             self.vision_pad_replacement = None
         if self.eval_greedy and self.num_generations_eval is None:
@@ -298,3 +325,19 @@ class TriuneGRPOConfig(GRPOConfig):
         if isinstance(self.report_to, str) and "," in self.report_to:  # a command line gives one string
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
         super().__post_init__()
+
+    def _check_async_rollouts(self) -> None:
+        if not self.async_rollouts:
+            return
+        if not (self.use_vllm and self.vllm_mode == "server"):
+            raise ValueError(
+                "--async_rollouts true needs a vLLM server (--use_vllm true --vllm_mode server, `triune vllm-serve`): "
+                "in colocate mode and without vLLM, generation and the update share the same devices"
+            )
+        if self.max_staleness not in (0, 1):
+            raise ValueError(f"--max_staleness {self.max_staleness}: 0 (synchronous) or 1 (one step off-policy)")
+        if not self.vllm_importance_sampling_correction:
+            raise ValueError(
+                "--async_rollouts true needs --vllm_importance_sampling_correction true: it weighs the loss by the "
+                "current weights' probability of each sampled token over the generating (one step older) weights'"
+            )

@@ -61,6 +61,11 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    when the server runs the `triune_http` backend (`triune vllm-serve` on a CPU host: TRL's sync is NCCL only),
    keeps TRL's NCCL path otherwise, resets the server's encoder cache after each sync, and ends the run with one
    line when the server dies.
+15. One-step off-policy rollouts (`async_rollouts`, server mode; `triune_trl.trainer.async_rollouts`): the Trainer's
+   DataLoader is read one generation batch ahead (`get_batch_samples`), each generation point launches the next
+   batch on the server with the current weights before this batch is scored and trained (`_prepare_inputs`), and
+   TRL's generation call of a training batch sends or receives that rollout (`_generate_single_turn`). Evaluation
+   and weight syncs wait for the batch in flight first; training ends by draining it (`train`).
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ from ..models.prefill import completion_prefill
 from ..monitoring.collector import SourceMonitor, current_iou_threshold
 from ..monitoring.eval_table import completion_records
 from ..monitoring.trackers import adjust_callbacks
+from .async_rollouts import AsyncRollouts
 from .image_buffers import offload, onload
 from .image_less_forwards import prepare_image_less_forwards
 from .nonfinite import check_deepspeed_config, drop_update
@@ -269,6 +275,17 @@ class TriuneGRPOTrainer(GRPOTrainer):
             send_released_layout(self.vllm_generation, self.model)
         if self.use_vllm and self.vllm_mode == "colocate" and on_vllm_cpu_platform():  # 9. above
             self.vllm_generation.sync_weights = partial(sync_weights_by_reload, self.vllm_generation)
+        self._rollouts = self._async_rollouts()  # 15. above
+
+    def _async_rollouts(self) -> AsyncRollouts | None:
+        if not self._option("async_rollouts"):
+            return None
+        if not (self.use_vllm and self.vllm_mode == "server"):
+            raise ValueError("async_rollouts needs use_vllm and vllm_mode 'server' (`triune vllm-serve`)")
+        if self.tools or self.rollout_func is not None or self.environment_factories is not None:
+            raise ValueError("async_rollouts does not support tools, environments or a rollout_func: they generate "
+                             "several turns per batch; drop async_rollouts for such runs")
+        return AsyncRollouts(self, self._option("max_staleness"), self._option("async_check_behaviour_logps"))
 
     def _set_completion_prefix(self) -> None:
         """Rewards score `prefill + completion` when the chat template pre-fills an opening tag (Qwen3.5's
@@ -330,6 +347,10 @@ class TriuneGRPOTrainer(GRPOTrainer):
         return tuple(outputs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self._rollouts is not None:  # 15. above
+            if self.model.training:
+                return self._rollouts.generate(prompt_ids, images, num_generations)
+            self._rollouts.settle()  # an evaluation's sync must not change the weights under the batch in flight
         if self.use_vllm and self.vllm_mode == "colocate" and images is not None:  # 9. above
             prompt_ids = [collapse_placeholder_runs(ids, self._vision_pad_ids) for ids in prompt_ids]
         greedy = not self.model.training and self._option("eval_greedy")
@@ -454,7 +475,11 @@ class TriuneGRPOTrainer(GRPOTrainer):
         training = self.model.training
         generate_every = self.args.steps_per_generation * self.num_iterations
         generates = not training or self._step % generate_every == 0 or self._buffered_inputs is None  # as TRL
-        inputs = super()._prepare_inputs(self.generation_rows(generation_batch) if generates else generation_batch)
+        if training and generates and self._rollouts is not None:  # 15.: decoded rows of the rollout to train
+            inputs = super()._prepare_inputs(self._rollouts.rows_to_train(generation_batch))
+            self._rollouts.trained()
+        else:
+            inputs = super()._prepare_inputs(self.generation_rows(generation_batch) if generates else generation_batch)
         if training and self.accelerator.device.type != "cpu":  # 11.: one micro-batch's images on the accelerator
             if generates:
                 self._buffered_inputs = offload(self._buffered_inputs)
@@ -473,3 +498,23 @@ class TriuneGRPOTrainer(GRPOTrainer):
             shuffle=sampler.shuffle,
             seed=sampler.seed,
         )
+
+    # --- one-step off-policy rollouts (15.) ----------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self._rollouts is not None:
+            epoch_iterator = self._rollouts.batches(epoch_iterator)
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._rollouts is not None and self.model.training:
+            self._rollouts.check_behaviour(output)
+        return output
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._rollouts is not None:
+                self._rollouts.drain()
