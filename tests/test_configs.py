@@ -41,3 +41,38 @@ def test_training_summary_reports_reward_movement(tmp_path):
     text = training_summary(history, tmp_path)
     assert "0.033 over the first 3 logged steps -> 0.800 over the last 3" in text
     assert str(tmp_path) in text
+
+
+SERVER_RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_cpu_vllm_server.yaml"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "options", "error"),
+    [
+        ("tiny_cpu.yaml", [], "--async_rollouts true needs a vLLM server"),
+        ("tiny_cpu_vllm.yaml", [], "--async_rollouts true needs a vLLM server"),
+        ("tiny_cpu_vllm_server.yaml", ["--max_staleness", "2"], "--max_staleness 2: 0 (synchronous) or 1"),
+        ("tiny_cpu_vllm_server.yaml", ["--vllm_importance_sampling_correction", "false"],
+         "--async_rollouts true needs --vllm_importance_sampling_correction true"),
+    ],
+)
+def test_async_rollouts_options_are_refused_in_one_line_where_they_cannot_work(recipe, options, error):
+    config = REPO_ROOT / "recipes" / "configs" / recipe
+    with pytest.raises(ValueError) as raised:
+        make_parser().parse_args_and_config(args=["--config", str(config), "--async_rollouts", "true", *options])
+    message = str(raised.value)
+    assert message.startswith(error) and "\n" not in message
+
+
+def test_preflight_names_the_generation_mode():
+    from triune_trl.runs.preflight import generation_mode
+
+    def mode(*options: str) -> str:
+        _, args, _ = make_parser().parse_args_and_config(args=["--config", str(SERVER_RECIPE), *options])
+        return generation_mode(args)
+
+    assert mode() == "vLLM server mode, synchronous (generation, then the update)"
+    assert mode("--async_rollouts", "true", "--max_staleness", "0").endswith("max_staleness 0: synchronous")
+    assert mode("--async_rollouts", "true", "--vllm_importance_sampling_mode", "token_truncate") == (
+        "vLLM server mode, asynchronous: the next batch generates during the update, with the weights one step older "
+        "(importance sampling: token_truncate)")

@@ -3,7 +3,7 @@ threshold schedule and the same data order as an uninterrupted run, across an ep
 
 Run as a script, this file is the run that gets killed: the recipe's own parsing and `build_trainer`, plus a
 callback that, once step KILL_AT has trained (after checkpoint SAVED_AT was written, before step KILL_AT is
-saved or logged), tells the test it is there and waits to be SIGKILLed.
+saved or logged), tells the test it is there and waits to be SIGKILLed (KILL_AT, or TRIUNE_TEST_KILL_AT).
 """
 
 from __future__ import annotations
@@ -25,15 +25,19 @@ MARKER = "killable"
 
 
 def killable_run(argv: list[str]) -> None:
+    import os
+
     from transformers import TrainerCallback
 
     from triune_trl.runs.train import build_trainer, make_parser
+
+    kill_at = int(os.environ.get("TRIUNE_TEST_KILL_AT", KILL_AT))  # test_vllm_server's async resume kills earlier
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
 
     class WaitToBeKilled(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == KILL_AT:
+            if state.global_step == kill_at:
                 Path(args.output_dir, MARKER).write_text(str(state.global_step))
                 time.sleep(600)
 

@@ -11,12 +11,16 @@ mid-run ends `train()` with one line; preflight reads the server's real context;
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from importlib.metadata import Distribution
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -41,6 +45,7 @@ from triune_trl.runs.train import make_parser  # noqa: E402
 from triune_trl.trainer import TriuneGRPOTrainer  # noqa: E402
 
 RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_cpu_vllm_server.yaml"
+BIN = Path(sys.executable).parent
 MAX_MODEL_LEN = 1024
 # |log p_vLLM - log p_trainer| per token for the same weights: the server runs float32 like the trainer (measured
 # ~1e-6 here); the issue's bound for the training run is 0.01
@@ -287,7 +292,9 @@ def test_preflight_reads_the_servers_context_not_the_recipes(run):
     assert status == FAIL and value.startswith("1024: max_prompt_length + max_completion_length = 1032 does not fit")
     report = Report()
     check_vllm_server(report, args, run.client.model, max_prompt_length=512)
-    assert [row[2] for row in report.sections["servers"]] == [OK, WARN]  # fits; the recipe's 4096 differs
+    assert [row[2] for row in report.sections["servers"]] == [OK, OK, WARN]  # fits; the recipe's 4096 differs
+    assert report.sections["servers"][0][:2] == ("generation", "vLLM server mode, synchronous (generation, then the "
+                                                               "update)")
 
 
 def test_the_launcher_checks_a_wildcard_bind_on_loopback_and_tells_trainers_this_machines_name():
@@ -391,6 +398,96 @@ def test_max_staleness_0_is_the_synchronous_run(run, server, tiny_model_dir, tmp
                      for entry in trainer.state.log_history])
     sync, staleness0 = runs
     assert len(sync) == 4 and sync == staleness0
+
+
+def recipe_args(server, tiny_model_dir, config, out, steps: int) -> list[str]:
+    """`python recipes/grpo_triune.py` options: the server recipe, async, on the mixed data, `steps` steps."""
+    return [
+        "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
+        "--output_dir", str(out), "--vllm_server_port", str(server.port), "--max_steps", str(steps),
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "16",
+        "--logging_steps", "1", "--disable_tqdm", "true", "--async_rollouts", "true",
+        "--async_check_behaviour_logps", "true", "--vllm_importance_sampling_mode", "token_truncate",
+    ]
+
+
+def per_step(output_dir, key: str) -> dict[int, float]:
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry[key] for entry in history if key in entry}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed's CPU comm op needs g++")
+def test_async_rollouts_under_zero3_on_two_processes(run, server, tiny_model_dir, tmp_path):
+    """Only the main process talks to the server; every rank takes part in the prompt gather and the weight sync,
+    and scores its slice (tests/async_zero3_run.py). Each rank's micro-batch is one prompt group, so text-only and
+    image prompts meet; the weights under ZeRO-3 are partitions, and those that generated a batch are checked."""
+    out = tmp_path / "zero3"
+    command = [
+        str(BIN / "accelerate"), "launch", "--config_file", str(REPO_ROOT / "local_scripts" / "zero3.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(REPO_ROOT / "tests" / "async_zero3_run.py"), *recipe_args(server, tiny_model_dir, run.config, out, 3),
+        "--use_cpu", "false", "--save_strategy", "no", "--gradient_accumulation_steps", "1",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert per_step(out, "async/staleness") == {1: 0.0, 2: 1.0, 3: 1.0}
+    behaviour = per_step(out, "async/behaviour_logp_gap/max")
+    assert sorted(behaviour) == [1, 2, 3] and all(gap < TOLERANCE for gap in behaviour.values()), behaviour
+    drift = per_step(out, "sampling/sampling_logp_difference/mean")
+    assert all(drift[step] > 10 * max(behaviour[step], 1e-5) for step in (2, 3)), (drift, behaviour)
+
+
+@pytest.mark.slow
+def test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_same_batches(
+    server, tiny_model_dir, sample_data_dir, tmp_path
+):
+    """Killed (SIGKILL) while the batch of the next step is in flight on the server: the resumed run regenerates
+    it (staleness 0 for that step, 1 after) and trains the same prompts at the same steps as an unkilled run. On
+    grounding rows: a batch generated one step early is scored at the IoU threshold of the step it trains at."""
+    from triune_trl.rewards.iou_schedule import dynamic_iou_threshold
+
+    from .test_monitor_resume import MARKER, _prompts_per_step
+
+    config = write_data_config(tmp_path / "d3.yaml", sample_data_dir, ["train/train_grounding_*.parquet"])
+
+    steps, saved_at, kill_at = 4, 2, 3
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    options = ["--save_strategy", "steps", "--save_steps", str(saved_at), "--save_total_limit", "1",
+               "--log_completions", "true", "--num_completions_to_print", "0"]
+    recipe = str(REPO_ROOT / "recipes" / "grpo_triune.py")
+    env = dict(os.environ, TRIUNE_TEST_KILL_AT=str(kill_at))
+
+    def recipe_run(out, *extra):
+        command = [sys.executable, recipe, *recipe_args(server, tiny_model_dir, config, out, steps), *options]
+        result = subprocess.run([*command, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    recipe_run(reference)
+    killed = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "test_monitor_resume.py"),
+         *recipe_args(server, tiny_model_dir, config, resumed, steps), *options],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (resumed / MARKER).exists():
+        assert killed.poll() is None, f"the run to kill ended early: {killed.stderr.read()[-4000:]}"
+        assert time.monotonic() < deadline, "the run to kill never reached its kill point"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    recipe_run(resumed, "--resume_from_checkpoint", "true")
+
+    assert per_step(reference, "async/staleness") == {1: 0.0, 2: 1.0, 3: 1.0, 4: 1.0}
+    assert per_step(resumed, "async/staleness") == {1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0}  # step 3 regenerated
+    assert sorted(per_step(resumed, "loss")) == [1, 2, 3, 4]
+    assert _prompts_per_step(resumed) == _prompts_per_step(reference)
+    assert len(_prompts_per_step(reference)) == steps
+    assert all(gap < TOLERANCE for gap in per_step(resumed, "async/behaviour_logp_gap/max").values())
+    schedule = {step: dynamic_iou_threshold(step, steps) for step in range(1, steps + 1)}
+    assert sorted(set(schedule.values())) == [0.95, 0.99]  # step 2's batch was generated during step 1
+    assert per_step(reference, "iou_threshold/d3") == per_step(resumed, "iou_threshold/d3") == schedule
 
 
 @pytest.mark.slow

@@ -238,10 +238,24 @@ def check_reward_servers(report: Report, script_args) -> None:
             report.add("servers", f"reward server {url}", f"down: {type(exc).__name__}: {exc}", FAIL)
 
 
+def generation_mode(training_args) -> str:
+    """How the run generates, as preflight reports it: the backend and, in server mode, whether generation overlaps
+    the update (`async_rollouts`, triune_trl.trainer.async_rollouts)."""
+    if not training_args.use_vllm:
+        return "transformers generate"
+    if training_args.vllm_mode != "server":
+        return f"vLLM {training_args.vllm_mode} mode"
+    if not getattr(training_args, "async_rollouts", False):
+        return "vLLM server mode, synchronous (generation, then the update)"
+    if training_args.max_staleness == 0:
+        return "vLLM server mode, async_rollouts with max_staleness 0: synchronous"
+    return ("vLLM server mode, asynchronous: the next batch generates during the update, with the weights one step "
+            f"older (importance sampling: {training_args.vllm_importance_sampling_mode})")
+
+
 def check_vllm_server(report: Report, training_args, model_name: str, max_prompt_length: int | None = None) -> None:
+    report.add("servers", "generation", generation_mode(training_args))
     if not training_args.use_vllm or training_args.vllm_mode != "server":
-        mode = f"vLLM {training_args.vllm_mode} mode" if training_args.use_vllm else "transformers generate"
-        report.add("servers", "generation", mode)
         return
     base = training_args.vllm_server_base_url or (
         f"http://{training_args.vllm_server_host}:{training_args.vllm_server_port}"
