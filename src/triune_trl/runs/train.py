@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import set_seed
-from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, ModelConfig, TrlParser
 
 from ..checks import (
     check_data_root,
@@ -30,8 +31,10 @@ from ..models.lora import apply_lora_defaults
 from ..rewards import RewardRouter
 from ..trainer.callbacks import DynamicIoUCallback
 from ..trainer.distributed import apply_cpu_distributed_shim, check_world_size
-from ..trainer.grpo_trainer import TriuneGRPOTrainer
 from .hub import HubUploader, Uploader, default_repo_id, push_checkpoint, run_facts, write_model_card, write_recipe
+
+if TYPE_CHECKING:
+    from ..trainer.grpo_trainer import TriuneGRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +164,10 @@ def build_trainer(
             )
 
     training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+    from trl import get_peft_config  # (peft) and the trainer here, not at the top: an option error needs neither
+
+    from ..trainer.grpo_trainer import TriuneGRPOTrainer
+
     return TriuneGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[router],

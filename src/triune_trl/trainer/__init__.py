@@ -7,6 +7,14 @@ May import: the root's `configs`, `checks`, `errors`, and `data`, `rewards`, `mo
 Never `runs` or `cli` (they build on the trainer).
 """
 
-from triune_trl.trainer.grpo_trainer import TriuneGRPOTrainer, images_for_processor, module_group
-
 __all__ = ["TriuneGRPOTrainer", "images_for_processor", "module_group"]
+
+
+def __getattr__(name: str):
+    """`from triune_trl.trainer import TriuneGRPOTrainer` loads the trainer (TRL's, vLLM's client: ~5 s) on first use,
+    so that `trainer.callbacks` / `trainer.distributed`, which the option parser needs, come without it."""
+    if name in __all__:
+        from triune_trl.trainer import grpo_trainer
+
+        return getattr(grpo_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
