@@ -46,6 +46,22 @@ def killable_run(argv: list[str]) -> None:
     trainer.train()
 
 
+def kill_at_its_kill_point(argv: list[str], out: Path, env: dict[str, str] | None = None) -> None:
+    """Run this file as the run to kill (`argv`: the recipe's options) and SIGKILL it once it reached its kill point."""
+    killed = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *argv],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (out / MARKER).exists():
+        assert killed.poll() is None, f"the run to kill ended early: {killed.stderr.read()[-4000:]}"
+        assert time.monotonic() < deadline, "the run to kill never reached its kill point"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+
+
 def _args(model, config, out) -> list[str]:
     return [
         "--config", str(TINY_RECIPE), "--model_name_or_path", str(model), "--data_config", str(config),
@@ -100,18 +116,7 @@ def test_resume_after_a_hard_kill_continues_the_schedule_and_the_data_order(
     result = _recipe(*_args(tiny_model_dir, config, reference))
     assert result.returncode == 0, result.stderr[-4000:]
 
-    killed = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *_args(tiny_model_dir, config, resumed)],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not (resumed / MARKER).exists():
-        assert killed.poll() is None, f"the run to kill ended early: {killed.stderr.read()[-4000:]}"
-        assert time.monotonic() < deadline, "the run to kill never reached its kill point"
-        time.sleep(0.2)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    assert killed.returncode == -signal.SIGKILL
+    kill_at_its_kill_point(_args(tiny_model_dir, config, resumed), resumed)
     assert [p.name for p in resumed.glob("checkpoint-*")] == [f"checkpoint-{SAVED_AT}"]
 
     result = _recipe(*_args(tiny_model_dir, config, resumed), "--resume_from_checkpoint", "true")

@@ -477,7 +477,7 @@ def test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_sa
     grounding rows: a batch generated one step early is scored at the IoU threshold of the step it trains at."""
     from triune_trl.rewards.iou_schedule import dynamic_iou_threshold
 
-    from .test_monitor_resume import MARKER, _prompts_per_step
+    from .test_monitor_resume import _prompts_per_step, kill_at_its_kill_point
 
     config = write_data_config(tmp_path / "d3.yaml", sample_data_dir, ["train/train_grounding_*.parquet"])
 
@@ -493,18 +493,7 @@ def test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_sa
         assert result.returncode == 0, result.stderr[-4000:]
 
     recipe_run(reference)
-    killed = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "test_monitor_resume.py"),
-         *recipe_args(server, tiny_model_dir, config, resumed, steps), *options],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not (resumed / MARKER).exists():
-        assert killed.poll() is None, f"the run to kill ended early: {killed.stderr.read()[-4000:]}"
-        assert time.monotonic() < deadline, "the run to kill never reached its kill point"
-        time.sleep(0.2)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
+    kill_at_its_kill_point([*recipe_args(server, tiny_model_dir, config, resumed, steps), *options], resumed, env)
     recipe_run(resumed, "--resume_from_checkpoint", "true")
 
     assert per_step(reference, "async/staleness") == {1: 0.0, 2: 1.0, 3: 1.0, 4: 1.0}
