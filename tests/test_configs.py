@@ -54,6 +54,9 @@ SERVER_RECIPE = REPO_ROOT / "recipes" / "configs" / "tiny_cpu_vllm_server.yaml"
         ("tiny_cpu_vllm_server.yaml", ["--max_staleness", "2"], "--max_staleness 2: 0 (synchronous) or 1"),
         ("tiny_cpu_vllm_server.yaml", ["--vllm_importance_sampling_correction", "false"],
          "--async_rollouts true needs --vllm_importance_sampling_correction true"),
+        ("tiny_cpu_vllm_server.yaml", ["--vllm_importance_sampling_mode", "sequence_mask"],
+         "--async_rollouts true needs --vllm_importance_sampling_mode token_truncate (or token_mask), not "
+         "sequence_mask"),
     ],
 )
 def test_async_rollouts_options_are_refused_in_one_line_where_they_cannot_work(recipe, options, error):

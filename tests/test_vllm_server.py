@@ -373,8 +373,10 @@ TIMING_KEYS = ("step_time", "async/", "train_runtime", "train_samples_per_second
                "profiling/")
 
 
-def async_trainer(server, tiny_model_dir, config, out, *options: str) -> TriuneGRPOTrainer:
-    """The recipe's trainer against the module's server on the mixed data, seeded sampling on the server."""
+def async_trainer(server, tiny_model_dir, config, out, *options: str, rows: int | None = None,
+                  eval_rows: int | None = None) -> TriuneGRPOTrainer:
+    """The recipe's trainer against the module's server on the mixed data (`rows` of it spread over the sources,
+    `eval_rows` more to evaluate on), seeded sampling on the server."""
     _, args, _ = make_parser().parse_args_and_config(args=[
         "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_config", str(config),
         "--output_dir", str(out), "--vllm_server_port", str(server.port), "--save_strategy", "no",
@@ -384,9 +386,13 @@ def async_trainer(server, tiny_model_dir, config, out, *options: str) -> TriuneG
     args.model_init_kwargs = {"dtype": "float32"}
     args.generation_kwargs = {"seed": 7}  # the server samples the same tokens for the same prompts and weights
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    rows = load_split(load_data_config(config), "train", ImageSizing.from_processor(processor))
-    return TriuneGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward], args=args,
-                             train_dataset=rows, processing_class=processor)
+    dataset = load_split(load_data_config(config), "train", ImageSizing.from_processor(processor))
+    spread = list(range(0, len(dataset), len(dataset) // ((rows or 1) + (eval_rows or 0))))
+    return TriuneGRPOTrainer(
+        model=str(tiny_model_dir), reward_funcs=[length_reward], args=args, processing_class=processor,
+        train_dataset=dataset.select(spread[:rows]) if rows else dataset,
+        eval_dataset=dataset.select(spread[rows:rows + eval_rows]) if eval_rows else None,
+    )
 
 
 def logged_steps(trainer) -> list[dict]:
@@ -415,6 +421,31 @@ def test_async_rollouts_train_one_step_off_policy_with_the_gap_to_the_generating
     assert all("async/update_s" in entry and "async/server_idle_s" in entry for entry in steps[1:])
     seen = [{key.split("/", 1)[1] for key in entry if key.startswith("num_completions/")} for entry in steps]
     assert set().union(*seen) == {"text_math", "clevr", "puzzlevqa"}, seen
+
+
+@pytest.mark.slow
+def test_async_rollouts_with_two_updates_per_batch_an_evaluation_in_flight_and_an_epoch_boundary(
+    run, server, tiny_model_dir, tmp_path
+):
+    """One batch feeds two updates (steps_per_generation 4 = 2 x gradient_accumulation_steps 2): the next batch is
+    launched when the last update on it starts, so it is one step stale too; the evaluations after steps 2, 4, 6
+    and 8 wait for the batch in flight before they sync; the first batch of the second epoch is generated at its own
+    step (nothing is read ahead across an epoch)."""
+    trainer = async_trainer(
+        server, tiny_model_dir, run.config, tmp_path / "rounds", "--max_steps", "8", "--async_rollouts", "true",
+        "--async_check_behaviour_logps", "true", "--per_device_train_batch_size", "4", "--num_generations", "4",
+        "--gradient_accumulation_steps", "2", "--steps_per_generation", "4", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--per_device_eval_batch_size", "2", "--max_completion_length", "8",
+        rows=8, eval_rows=2,  # an epoch: 2 batches of 4 prompts, 2 updates each
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    staleness = {entry["step"]: entry["async/staleness"] for entry in history if "async/staleness" in entry}
+    assert staleness == {1: 0.0, 3: 1.0, 5: 0.0, 7: 1.0}, staleness
+    behaviour = [entry["async/behaviour_logp_gap/max"] for entry in history if "async/behaviour_logp_gap/max" in entry]
+    assert len(behaviour) == 4 and max(behaviour) < TOLERANCE, behaviour
+    assert sorted(entry["step"] for entry in history if "eval_reward" in entry) == [2, 4, 6, 8]
+    assert [entry["step"] for entry in history if "loss" in entry] == list(range(1, 9))
 
 
 @pytest.mark.slow

@@ -281,7 +281,8 @@ class TriuneGRPOConfig(GRPOConfig):
             "help": "vLLM server mode only: the server generates the next batch, with the weights before this "
             "update, while the trainer takes its update (one-step off-policy, corrected by decoupled PPO with TRL's "
             "importance sampling; triune_trl.trainer.async_rollouts, docs/scaling.md). Needs use_vllm, vllm_mode "
-            "server and vllm_importance_sampling_correction."
+            "server, vllm_importance_sampling_correction and a token_* vllm_importance_sampling_mode "
+            "(token_truncate: the truncated importance weight)."
         },
     )
     max_staleness: int = field(
@@ -297,7 +298,8 @@ class TriuneGRPOConfig(GRPOConfig):
         metadata={
             "help": "With async_rollouts: keep a copy of the weights each batch was generated with and log the "
             "trainer's log-probs under them against vLLM's (async/behaviour_logp_gap/*, ~0 when the weight sync is "
-            "right). Costs one copy of this process's weights and one forward pass per batch: for checks, not runs."
+            "right). Costs up to two copies of this process's trainable weights (its ZeRO-3 partition) and one "
+            "forward pass per batch: for checks, not runs. Not with FSDP or ZeRO++ hpZ."
         },
     )
 
@@ -327,17 +329,31 @@ class TriuneGRPOConfig(GRPOConfig):
         super().__post_init__()
 
     def _check_async_rollouts(self) -> None:
-        if not self.async_rollouts:
-            return
-        if not (self.use_vllm and self.vllm_mode == "server"):
-            raise ValueError(
-                "--async_rollouts true needs a vLLM server (--use_vllm true --vllm_mode server, `triune vllm-serve`): "
-                "in colocate mode and without vLLM, generation and the update share the same devices"
-            )
-        if self.max_staleness not in (0, 1):
-            raise ValueError(f"--max_staleness {self.max_staleness}: 0 (synchronous) or 1 (one step off-policy)")
-        if not self.vllm_importance_sampling_correction:
-            raise ValueError(
-                "--async_rollouts true needs --vllm_importance_sampling_correction true: it weighs the loss by the "
-                "current weights' probability of each sampled token over the generating (one step older) weights'"
-            )
+        check_async_rollouts(self)
+
+
+def check_async_rollouts(args) -> None:
+    """The options `async_rollouts` needs, checked when the config is built and again by the trainer (a plain
+    GRPOConfig with the attributes set afterwards)."""
+    if not getattr(args, "async_rollouts", False):
+        return
+    if not (args.use_vllm and args.vllm_mode == "server"):
+        raise ValueError(
+            "--async_rollouts true needs a vLLM server (--use_vllm true --vllm_mode server, `triune vllm-serve`): "
+            "in colocate mode and without vLLM, generation and the update share the same devices"
+        )
+    if args.max_staleness not in (0, 1):
+        raise ValueError(f"--max_staleness {args.max_staleness}: 0 (synchronous) or 1 (one step off-policy)")
+    if args.max_staleness == 0:
+        return
+    if not args.vllm_importance_sampling_correction:
+        raise ValueError(
+            "--async_rollouts true needs --vllm_importance_sampling_correction true: it weighs the loss by the "
+            "current weights' probability of each sampled token over the generating (one step older) weights'"
+        )
+    if not args.vllm_importance_sampling_mode.startswith("token_"):
+        raise ValueError(
+            f"--async_rollouts true needs --vllm_importance_sampling_mode token_truncate (or token_mask), not "
+            f"{args.vllm_importance_sampling_mode}: a sequence's ratio multiplies one step's drift over every token, "
+            "so most stale sequences would be masked"
+        )

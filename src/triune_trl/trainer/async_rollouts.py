@@ -7,7 +7,11 @@ GPUs idle while the trainers train and the other way round. Here, at the generat
 (2) pushes its current weights (one step newer), (3) has the server start batch k+1 with them, in a thread of the
 main process, and (4) scores batch k and trains on it while batch k+1 generates. Batch k+1 is therefore exactly one
 optimizer step stale (`max_staleness: 1`); `max_staleness: 0` launches each batch at its own generation point and
-waits for it, which is the synchronous run, bit for bit.
+waits for it, which is the synchronous run, bit for bit. Where one generation batch feeds several optimizer steps
+(`steps_per_generation` x `num_iterations` > `gradient_accumulation_steps`, the off-policy Orsta recipes), batch k+1
+is launched when the last update on batch k starts, so it is one step stale there too (TRL's own
+`old_per_token_logps` covers the updates within a batch, as in the synchronous run). `async/staleness` is the number
+of optimizer steps between the weights that generated a batch and the first update on it.
 
 How it fits in TRL 1.16 without copying its scoring code: the batch a rollout is launched for is run through TRL's
 own `_generate_and_score_completions` up to the generation call, where `generate()` below gathers the prompts (a
@@ -25,20 +29,24 @@ on it: the proximal policy of the PPO ratio; and TRL's importance-sampling corre
 (`vllm_importance_sampling_correction`, required here) weighs the loss by proximal / behaviour, truncated or masked
 by `vllm_importance_sampling_mode`. Rewards, the dynamic IoU threshold included, are scored when the batch is
 trained, at that step's threshold. Metrics per generation: `async/staleness`, `async/trainer_wait_s` (the trainer
-waited for the server), `async/server_idle_s` (the server waited for the trainer: between the end of the previous
-generation and this launch), `async/generation_s`, `async/update_s` (the trainer's time between generation points);
+waited for the server), `async/server_idle_s` (the server waited for the trainer: from the end of the previous
+batch's generation to this batch's launch, an evaluation's generations included), `async/generation_s`,
+`async/update_s` (the trainer's time from the end of the previous batch's scoring to this generation point: the
+updates, and any logging, evaluation or checkpoint in between);
 with `async_check_behaviour_logps`, the trainer's log-probs under the weights that generated the batch
 (`async/behaviour_logp_gap/mean|max`, which stays ~0 when the weight sync is right) next to TRL's
 `sampling/sampling_logp_difference/*` against the current weights (the one-step drift).
+
+An error of the rollout thread (a dead server) is raised on every rank together, where the batch is received, so
+no rank waits in a collective for one that stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,21 +54,26 @@ from typing import Any
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
-_REMEMBERED_POSITIONS = 4096  # yielded items whose position is kept: far more than one optimizer step's batches
+
+class _Launched(BaseException):  # noqa: N818 - not an error: the end of a launch pass through TRL's scoring
+    """Raised by `AsyncRollouts.generate` once a launched batch's requests are on their way (a BaseException, so
+    that no `except Exception` on the way up can take it for a failure)."""
 
 
-class _Launched(Exception):  # noqa: N818 - not an error: the end of a launch pass through TRL's scoring
-    """Raised by `AsyncRollouts.generate` once a launched batch's requests are on their way."""
+class RolloutError(RuntimeError):
+    """The rollout thread failed on the main process; every other rank raises this with the main process's line."""
 
 
 class Lookahead:
-    """An iterator over the Trainer's epoch iterator that can read ahead, and knows each item's position in it."""
+    """An iterator over the Trainer's epoch iterator that can read ahead, and knows the position of the items it
+    yielded last (`remember` of them, held so that their ids are not reused)."""
 
-    def __init__(self, source: Iterator):
+    def __init__(self, source: Iterator, remember: int):
         self.source = source
         self._ahead: deque = deque()
         self._taken = 0
-        self._positions: OrderedDict[int, int] = OrderedDict()  # id(item) -> position
+        self._recent: OrderedDict[int, tuple[Any, int]] = OrderedDict()  # id(item) -> (item, position)
+        self._remember = remember
         self._exhausted = False
 
     def __iter__(self) -> Lookahead:
@@ -68,15 +81,17 @@ class Lookahead:
 
     def __next__(self):
         item = self._ahead.popleft() if self._ahead else next(self.source)
-        self._positions[id(item)] = self._taken
-        if len(self._positions) > _REMEMBERED_POSITIONS:
-            self._positions.popitem(last=False)
+        self._recent.pop(id(item), None)
+        self._recent[id(item)] = (item, self._taken)
+        while len(self._recent) > self._remember:
+            self._recent.popitem(last=False)
         self._taken += 1
         return item
 
     def position(self, item) -> int | None:
-        """The position of an item this iterator yielded (None: not one of its recent items)."""
-        return self._positions.get(id(item))
+        """The position of an item this iterator yielded recently (None: not one of them)."""
+        entry = self._recent.get(id(item))
+        return entry[1] if entry is not None and entry[0] is item else None
 
     def at(self, position: int):
         """The item at `position` if it is still ahead and the epoch has it, else None; reading ahead consumes
@@ -127,6 +142,12 @@ def _generate_on_server(vllm_generation, prompt_ids, images, num_generations: in
     return output["prompt_ids"], output["completion_ids"], output["logprobs"]
 
 
+def _finish(rollout: Rollout) -> None:
+    """Wait until the rollout's generation ended, with or without an error (raised where it is received)."""
+    if rollout.future is not None:
+        wait([rollout.future])
+
+
 def _sampling_params(vllm_generation) -> dict:
     """TRL's server-mode sampling parameters (`VLLMGeneration.generate`), read when a batch is launched."""
     return {
@@ -143,10 +164,13 @@ def _sampling_params(vllm_generation) -> dict:
 
 
 def snapshot_weights(model: torch.nn.Module) -> list:
-    """This process's copy of the weights as they are now: the full tensor where the process holds it, and under
-    ZeRO-3 its partition (`ds_tensor`), which is what a later gather reads."""
+    """This process's copy of the trainable weights as they are now (frozen ones do not change): the full tensor where
+    the process holds it, and under ZeRO-3 its partition (`ds_tensor`), which is what a later gather reads."""
     snapshot = []
     for parameter in model.parameters():
+        if not parameter.requires_grad:
+            snapshot.append((None, None))
+            continue
         partition = getattr(parameter, "ds_tensor", None)
         snapshot.append((
             parameter.data.detach().clone() if parameter.data.numel() else None,
@@ -187,10 +211,11 @@ class AsyncRollouts:
         self.check_behaviour_logps = check_behaviour_logps
         self.lookahead: Lookahead | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triune-rollouts")
-        self._pending: Rollout | None = None
-        self._launching: Rollout | None = None
-        self._replaying: Rollout | None = None
-        self._last_finished: float | None = None
+        self._pending: Rollout | None = None  # launched for a later generation point
+        self._launching: Rollout | None = None  # inside a launch pass
+        self._replaying: Rollout | None = None  # being scored for training
+        self._round_position: int | None = None  # the Lookahead position of the batch being trained
+        self._last_sent: Rollout | None = None
         self._last_ready: float | None = None
 
     # --- the Trainer's DataLoader, read one generation batch ahead ----------------------------------------------
@@ -198,16 +223,17 @@ class AsyncRollouts:
     def batches(self, epoch_iterator: Iterator) -> Lookahead:
         """The iterator `get_batch_samples` reads from: the same items, readable ahead."""
         if self.lookahead is None or self.lookahead.source is not epoch_iterator:
-            if self.lookahead is not None and self.lookahead.source is not epoch_iterator:
-                self._drop_pending()  # a new epoch: a batch read ahead from the old one is not coming
-            self.lookahead = Lookahead(epoch_iterator)
+            self._drop_pending()  # a new epoch: nothing is read ahead across epochs
+            remember = 2 * (self._generate_every() + self.trainer.args.gradient_accumulation_steps) + 4
+            self.lookahead = Lookahead(epoch_iterator, remember)
         return self.lookahead
 
-    # --- a generation point of training --------------------------------------------------------------------------
+    # --- the micro-steps of training ---------------------------------------------------------------------------------
 
     def rows_to_train(self, generation_batch: list[dict]) -> list[dict]:
         """At the generation point of `generation_batch`: its rollout done (generated now if it was not launched
-        before), the next batch launched with the current weights; returns the rows TRL scores."""
+        before); with one optimizer step per batch, the next batch launched with the current weights. Returns the
+        rows TRL scores."""
         trainer = self.trainer
         arrived = time.perf_counter()
         position = self.lookahead.position(generation_batch) if self.lookahead is not None else None
@@ -216,11 +242,10 @@ class AsyncRollouts:
             self._drop_pending()
             rollout = self._launch(trainer.generation_rows(generation_batch), position)
         self._pending = None
-        self._wait(rollout)
+        _finish(rollout)
         trainer_wait = time.perf_counter() - arrived
-        following = self._following_batch(position)
-        if following is not None:
-            self._pending = self._launch(trainer.generation_rows(following), position + self._generate_every())
+        self._round_position = position
+        self.launch_following()
         rollout.metrics.update({
             "async/staleness": float(trainer.state.global_step - rollout.weights_step),
             "async/trainer_wait_s": trainer_wait,
@@ -241,20 +266,27 @@ class AsyncRollouts:
             metrics[key].append(value)
         self._last_ready = time.perf_counter()
 
-    def _generate_every(self) -> int:
-        return self.trainer.args.steps_per_generation * self.trainer.num_iterations
-
-    def _following_batch(self, position: int | None):
-        """The next generation batch, if it is read ahead (staleness 1), exists in this epoch and will be trained."""
+    def launch_following(self) -> None:
+        """At the first micro-step of the last update on the batch being trained (its generation point when one
+        update trains it): launch the next generation batch with the weights as they are now, if there is one."""
         trainer = self.trainer
-        if self.max_staleness < 1 or position is None or self.lookahead is None:
-            return None
+        generate_every = self._generate_every()
         accumulation = trainer.current_gradient_accumulation_steps
+        if trainer._step % generate_every != max(generate_every - accumulation, 0) or self._pending is not None:
+            return
+        if self.max_staleness < 1 or self._round_position is None or self.lookahead is None:
+            return
         micro_steps_left = (trainer.state.max_steps - trainer.state.global_step) * accumulation - (
             trainer._step % accumulation)
-        if micro_steps_left <= self._generate_every():
-            return None
-        return self.lookahead.at(position + self._generate_every())
+        if micro_steps_left <= generate_every - trainer._step % generate_every:
+            return  # the run ends before the next batch would train
+        position = self._round_position + generate_every
+        following = self.lookahead.at(position)
+        if following is not None:
+            self._pending = self._launch(trainer.generation_rows(following), position)
+
+    def _generate_every(self) -> int:
+        return self.trainer.args.steps_per_generation * self.trainer.num_iterations
 
     # --- launching, waiting ----------------------------------------------------------------------------------------
 
@@ -272,27 +304,23 @@ class AsyncRollouts:
             rollout, self._launching = self._launching, None
         return rollout
 
-    def _wait(self, rollout: Rollout) -> None:
-        if rollout.future is not None:
-            rollout.future.result()
-
     def _drop_pending(self) -> None:
-        """Let the server finish the batch in flight (its weights must not change under it) and forget it."""
+        """Let the server finish the batch in flight (its weights must not change under it) and forget it; nothing
+        trains on it, so an error of its generation is not raised."""
         if self._pending is not None:
-            self._wait(self._pending)
+            _finish(self._pending)
             self._pending = None
 
     def settle(self) -> None:
-        """Before any other use of the server (an evaluation's generation, a weight sync): the batch in flight ends
-        first. Its completions are kept for its training step."""
+        """Before any other use of the server (an evaluation's generation and weight sync): the batch in flight ends
+        first. Its completions, or its error, are kept for its training step."""
         if self._pending is not None:
-            self._wait(self._pending)
+            _finish(self._pending)
 
     def drain(self) -> None:
         """The end of `train()` (or its failure): the batch in flight ends and is dropped; nothing trains on it."""
-        with contextlib.suppress(Exception):  # an error of the batch nothing trains on must not hide train()'s
-            self._drop_pending()
-        self._pending = self._replaying = None
+        self._drop_pending()
+        self._replaying = self._round_position = None
 
     # --- inside TRL's scoring: the generation call -----------------------------------------------------------------
 
@@ -324,20 +352,31 @@ class AsyncRollouts:
         if all(image is None for image in all_images):
             all_images = None
         rollout.launched_at = time.perf_counter()
-        if trainer.accelerator.is_main_process:
-            if self._last_finished is not None:
-                rollout.metrics["async/server_idle_s"] = rollout.launched_at - self._last_finished
-            rollout.future = self._executor.submit(
-                _generate_on_server, vllm_generation, all_prompt_ids, all_images, num_generations,
-                _sampling_params(vllm_generation), rollout,
-            )
-            rollout.future.add_done_callback(lambda _: setattr(self, "_last_finished", rollout.finished_at))
+        if not trainer.accelerator.is_main_process:
+            return
+        previous, self._last_sent = self._last_sent, rollout
+        if previous is not None and previous.finished_at:  # the previous rollout has ended (it is always waited for)
+            rollout.metrics["async/server_idle_s"] = rollout.launched_at - previous.finished_at
+        rollout.future = self._executor.submit(
+            _generate_on_server, vllm_generation, all_prompt_ids, all_images, num_generations,
+            _sampling_params(vllm_generation), rollout,
+        )
 
     def _receive(self, rollout: Rollout):
-        """The completions of this rank's prompts and vLLM's log-probs of the sampled tokens, as TRL returns them."""
+        """The completions of this rank's prompts and vLLM's log-probs of the sampled tokens, as TRL returns them;
+        the thread's error, raised on every rank."""
         accelerator = self.trainer.accelerator
-        payload = rollout.future.result() if accelerator.is_main_process else None
-        payload = broadcast_object_list([payload], from_process=0)[0]
+        error: BaseException | None = None
+        payload = None
+        if accelerator.is_main_process:
+            error = rollout.future.exception()
+            payload = ("error", f"{type(error).__name__}: {error}") if error is not None else (
+                "ok", rollout.future.result())
+        status, payload = broadcast_object_list([payload], from_process=0)[0]
+        if status == "error":
+            if error is not None:
+                raise error
+            raise RolloutError(f"the main process's vLLM generation failed: {payload}")
         _, all_completion_ids, all_logprobs = payload
         local = slice(accelerator.process_index * len(rollout.prompt_ids),
                       (accelerator.process_index + 1) * len(rollout.prompt_ids))

@@ -62,8 +62,9 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    keeps TRL's NCCL path otherwise, resets the server's encoder cache after each sync, and ends the run with one
    line when the server dies.
 15. One-step off-policy rollouts (`async_rollouts`, server mode; `triune_trl.trainer.async_rollouts`): the Trainer's
-   DataLoader is read one generation batch ahead (`get_batch_samples`), each generation point launches the next
-   batch on the server with the current weights before this batch is scored and trained (`_prepare_inputs`), and
+   DataLoader is read one generation batch ahead (`get_batch_samples`), the last update on a batch (its generation
+   point, when one update trains it) launches the next batch on the server with the current weights before this
+   micro-step is scored and trained (`_prepare_inputs`), and
    TRL's generation call of a training batch sends or receives that rollout (`_generate_single_turn`). Evaluation
    and weight syncs wait for the batch in flight first; training ends by draining it (`train`).
 """
@@ -85,7 +86,7 @@ from transformers import ProcessorMixin
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from ..configs import FREEZABLE_MODULES, TriuneGRPOConfig
+from ..configs import FREEZABLE_MODULES, TriuneGRPOConfig, check_async_rollouts
 from ..data.deferred_images import IMAGE_COLUMN, DeferredImageDataset, has_image_refs, resolve_images
 from ..generation.client import use_server_client
 from ..generation.cpu_sync import on_vllm_cpu_platform, sync_weights_by_reload
@@ -280,12 +281,21 @@ class TriuneGRPOTrainer(GRPOTrainer):
     def _async_rollouts(self) -> AsyncRollouts | None:
         if not self._option("async_rollouts"):
             return None
-        if not (self.use_vllm and self.vllm_mode == "server"):
-            raise ValueError("async_rollouts needs use_vllm and vllm_mode 'server' (`triune vllm-serve`)")
+        check_async_rollouts(self.args)
         if self.tools or self.rollout_func is not None or self.environment_factories is not None:
             raise ValueError("async_rollouts does not support tools, environments or a rollout_func: they generate "
                              "several turns per batch; drop async_rollouts for such runs")
-        return AsyncRollouts(self, self._option("max_staleness"), self._option("async_check_behaviour_logps"))
+        check_behaviour = self._option("async_check_behaviour_logps")
+        if check_behaviour and (self.is_fsdp_enabled or self._zero_hpz()):
+            raise ValueError("async_check_behaviour_logps swaps DeepSpeed ZeRO partitions (or full weights); FSDP and "
+                             "ZeRO++ hpZ gather from other copies: drop the check for such runs")
+        return AsyncRollouts(self, self._option("max_staleness"), check_behaviour)
+
+    def _zero_hpz(self) -> bool:
+        if not self.is_deepspeed_enabled:
+            return False
+        config = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        return int(config.get("zero_hpz_partition_size", 1) or 1) > 1
 
     def _set_completion_prefix(self) -> None:
         """Rewards score `prefill + completion` when the chat template pre-fills an opening tag (Qwen3.5's
@@ -478,6 +488,9 @@ class TriuneGRPOTrainer(GRPOTrainer):
         if training and generates and self._rollouts is not None:  # 15.: decoded rows of the rollout to train
             inputs = super()._prepare_inputs(self._rollouts.rows_to_train(generation_batch))
             self._rollouts.trained()
+        elif training and self._rollouts is not None:  # 15.: the last update on a batch launches the next one
+            self._rollouts.launch_following()
+            inputs = super()._prepare_inputs(generation_batch)
         else:
             inputs = super()._prepare_inputs(self.generation_rows(generation_batch) if generates else generation_batch)
         if training and self.accelerator.device.type != "cpu":  # 11.: one micro-batch's images on the accelerator
