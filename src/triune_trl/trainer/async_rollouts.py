@@ -120,7 +120,20 @@ class Rollout:
     generation_s: float = 0.0
     finished_at: float = 0.0
     behaviour_weights: list | None = None
+    tokenized: tuple | None = None  # (prompt ids, images) of the launch pass, reused when the batch is trained
+    prompt_texts: list | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def prompt_texts(prompts: list) -> list:
+    """The prompts' roles and text parts (images left out): what must be equal for a batch to be the one launched."""
+    def content(message_content):
+        if isinstance(message_content, str):
+            return message_content
+        return tuple(part.get("text") if part.get("type") == "text" else part.get("type") for part in message_content)
+
+    return [prompt if isinstance(prompt, str) else [(m["role"], content(m["content"])) for m in prompt]
+            for prompt in prompts]
 
 
 def _generate_on_server(vllm_generation, prompt_ids, images, num_generations: int, sampling_params: dict, rollout):
@@ -323,6 +336,24 @@ class AsyncRollouts:
         self._replaying = self._round_position = None
 
     # --- inside TRL's scoring: the generation call -----------------------------------------------------------------
+
+    def tokenize(self, prompts: list, tokenize):
+        """TRL's `_tokenize_prompts` (`tokenize`) of a training batch, run once, when the batch is launched (the
+        processor's pass over its images included); when the batch is trained, its prompt ids and images are reused.
+        The processor's image tensors are dropped: server-mode generation does not use them, and TRL computes the
+        forward pass's own when it scores the batch."""
+        texts = prompt_texts(prompts)
+        if self._launching is not None:
+            prompt_ids, images, _ = tokenize(prompts)
+            self._launching.tokenized, self._launching.prompt_texts = (prompt_ids, images), texts
+            return prompt_ids, images, {}
+        rollout = self._replaying
+        if rollout is None or rollout.tokenized is None:
+            return tokenize(prompts)
+        if rollout.prompt_texts != texts:
+            raise RuntimeError("async rollouts: the batch being trained is not the one that was generated")
+        (prompt_ids, images), rollout.tokenized = rollout.tokenized, None
+        return prompt_ids, images, {}
 
     def generate(self, prompt_ids: list[list[int]], images, num_generations: int):
         """`_generate_single_turn` of a training batch: launch it (and stop), or hand back its completions."""

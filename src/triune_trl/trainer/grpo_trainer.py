@@ -62,11 +62,12 @@ Then V-Triune's monitoring and training tricks, each an override at the one plac
    keeps TRL's NCCL path otherwise, resets the server's encoder cache after each sync, and ends the run with one
    line when the server dies.
 15. One-step off-policy rollouts (`async_rollouts`, server mode; `triune_trl.trainer.async_rollouts`): the Trainer's
-   DataLoader is read one generation batch ahead (`get_batch_samples`), the last update on a batch (its generation
-   point, when one update trains it) launches the next batch on the server with the current weights before this
-   micro-step is scored and trained (`_prepare_inputs`), and
-   TRL's generation call of a training batch sends or receives that rollout (`_generate_single_turn`). Evaluation
-   and weight syncs wait for the batch in flight first; training ends by draining it (`train`).
+   DataLoader is read one generation batch ahead (`get_batch_samples`); the last update on a batch (its generation
+   point, when one update trains it) launches the next batch on the server with the current weights before the
+   micro-step is scored and trained (`_prepare_inputs`); TRL's generation call of a training batch sends or
+   receives that rollout (`_generate_single_turn`), and its prompts are tokenized once, when it is launched
+   (`_tokenize_prompts`). Evaluation and weight syncs wait for the batch in flight first; training ends by draining
+   it (`train`).
 """
 
 from __future__ import annotations
@@ -355,6 +356,11 @@ class TriuneGRPOTrainer(GRPOTrainer):
                     outputs[_LOGPROBS_INDEX], generated_ids, outputs[_COMPLETION_IDS_INDEX]
                 )
         return tuple(outputs)
+
+    def _tokenize_prompts(self, prompts: list):
+        if self._rollouts is not None and self.model.training:  # 15. above: once per batch, when it is launched
+            return self._rollouts.tokenize(prompts, super()._tokenize_prompts)
+        return super()._tokenize_prompts(prompts)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self._rollouts is not None:  # 15. above
